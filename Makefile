@@ -1,0 +1,69 @@
+# perfgate — `make demo` and `make test` work on a fresh Linux or macOS machine with Python 3.11+.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+LLAMA_CPP_VERSION := 0.3.36
+UNAME_S := $(shell uname -s)
+UNAME_M := $(shell uname -m)
+# The default native build segfaults on some x86 CPUs (AMX path) with quantized models; macOS keeps
+# llama-cpp-python's default, which is Metal on Apple silicon.
+ifeq ($(UNAME_S),Darwin)
+LLAMA_CMAKE_ARGS ?=
+else
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+endif
+CACHE_KEY := $(shell printf '%s|%s|%s|%s' '$(LLAMA_CPP_VERSION)' '$(LLAMA_CMAKE_ARGS)' '$(UNAME_S)' '$(UNAME_M)' | sha256sum 2>/dev/null | cut -c1-12 || printf '%s' '$(LLAMA_CPP_VERSION)' | shasum | cut -c1-12)
+WHEEL_DIR ?= $(HOME)/.cache/perfgate/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(CACHE_KEY)
+SDIST_DIR := .cache/llama_cpp_python-$(LLAMA_CPP_VERSION)
+
+.PHONY: install demo test lint bench vendor chromium clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@if ! ls $(WHEEL_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1; then \
+	  echo "building llama-cpp-python $(LLAMA_CPP_VERSION) from source (CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)'), a few minutes"; \
+	  mkdir -p $(WHEEL_DIR) && CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip wheel -q --no-deps \
+	    --no-binary llama-cpp-python -w $(WHEEL_DIR) llama-cpp-python==$(LLAMA_CPP_VERSION); fi
+	$(PY) -m pip install -q $(WHEEL_DIR)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# The sdist's vendored llama.cpp: llama-bench and compare-llama-bench.py are the references.
+vendor: $(SDIST_DIR)/vendor/llama.cpp/CMakeLists.txt
+$(SDIST_DIR)/vendor/llama.cpp/CMakeLists.txt: | $(VENV)/.installed
+	mkdir -p .cache
+	$(PY) -m pip download -q --no-deps --no-binary :all: -d .cache llama-cpp-python==$(LLAMA_CPP_VERSION)
+	tar -xzf .cache/llama_cpp_python-$(LLAMA_CPP_VERSION).tar.gz -C .cache
+	touch $@
+
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+	  echo "installing Debian's chromium for the dashboard tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+demo: install
+	$(VENV)/bin/bench run --config models.yaml
+	$(VENV)/bin/bench import benchmarks/results/gpu_ladder.json --format perfgate
+	$(VENV)/bin/bench results
+	$(VENV)/bin/bench dashboard --out dashboard/site
+
+lint: install
+	$(VENV)/bin/ruff check bench tests benchmarks
+	$(VENV)/bin/ruff format --check bench tests benchmarks
+	$(VENV)/bin/mypy bench
+
+test: install vendor chromium lint
+	$(VENV)/bin/pytest -q
+
+bench: install vendor
+	$(PY) benchmarks/fidelity_cpu.py
+	$(PY) benchmarks/gate_calibration.py
+	$(PY) benchmarks/dashboard_scale.py
+
+clean:
+	rm -rf $(VENV) .cache dashboard/site models db/*.sqlite*

@@ -1,0 +1,74 @@
+"""DataFrames → text: tables for people, JSON and CSV for programs."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+from rich.table import Table
+
+FORMATS = ("table", "json", "csv", "markdown")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, pd.Timestamp):
+        return value.isoformat()
+    if hasattr(value, "item") and not isinstance(value, list | dict | str):
+        return value.item()
+    return value
+
+
+def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [{k: _plain(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+
+
+def to_json(frame: pd.DataFrame) -> str:
+    return json.dumps(records(frame), indent=1, default=str)
+
+
+def to_csv(frame: pd.DataFrame) -> str:
+    flat = frame.copy()
+    for col in flat.columns:
+        if flat[col].map(lambda v: isinstance(v, list | dict)).any():
+            flat[col] = flat[col].map(lambda v: json.dumps(v) if isinstance(v, list | dict) else v)
+    return flat.to_csv(index=False)
+
+
+def human_bytes(n: float | None) -> str:
+    if n is None or (isinstance(n, float) and math.isnan(n)):
+        return "–"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def fmt_ts(mean: float | None, std: float | None = None) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    digits = 0 if mean >= 100 else (1 if mean >= 10 else 2)
+    text = f"{mean:.{digits}f}"
+    if std is not None and not (isinstance(std, float) and math.isnan(std)):
+        text += f" ± {std:.{digits}f}"
+    return text
+
+
+def results_table(frame: pd.DataFrame, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("run", "build", "model", "status", "layers", "backend", "load s", "pp t/s", "tg t/s", "model buf",
+                "peak RSS"):
+        table.add_column(col, overflow="fold")
+    for r in frame.itertuples():
+        layers = f"{r.layers_offloaded}/{r.layers_total}" if pd.notna(r.layers_total) else "–"
+        table.add_row(str(r.run_id), str(r.build), str(r.model), str(r.status), layers, str(r.backend or "–"),
+                      f"{r.load_s:.2f}" if pd.notna(r.load_s) else "–", fmt_ts(r.pp_ts, r.pp_ts_std),
+                      fmt_ts(r.tg_ts, r.tg_ts_std), human_bytes(r.model_buf_bytes), human_bytes(r.rss_peak_bytes))
+    return table

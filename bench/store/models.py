@@ -1,0 +1,126 @@
+"""The schema, as typed SQLAlchemy 2.0 ORM classes. Alembic migrations under db/ create it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, int: BigInteger}
+
+
+class Machine(Base):
+    __tablename__ = "machines"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    os: Mapped[str] = mapped_column(String(255))
+    arch: Mapped[str] = mapped_column(String(64))
+    cpu: Mapped[str] = mapped_column(String(255))
+    gpu: Mapped[str | None] = mapped_column(String(255))
+    host_mem_bytes: Mapped[int | None]
+    device_budget_bytes: Mapped[int | None]
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Build(Base):
+    __tablename__ = "builds"
+    __table_args__ = (UniqueConstraint("name", "identity_sha"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), index=True)
+    identity_sha: Mapped[str] = mapped_column(String(64))
+    llama_cpp_version: Mapped[str | None] = mapped_column(String(64))
+    system_info: Mapped[str | None] = mapped_column(Text)
+    lib_path: Mapped[str | None] = mapped_column(Text)
+    lib_sha256: Mapped[str | None] = mapped_column(String(64))
+    ggml_sha256: Mapped[str | None] = mapped_column(String(64))
+    python: Mapped[str | None] = mapped_column(Text)
+    supports_gpu_offload: Mapped[bool | None]
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Model(Base):
+    __tablename__ = "models"
+    __table_args__ = (UniqueConstraint("name", "path"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), index=True)
+    path: Mapped[str] = mapped_column(Text)
+    file_bytes: Mapped[int | None]
+    n_layer: Mapped[int | None]
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    machine_id: Mapped[int] = mapped_column(ForeignKey("machines.id"))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(String(32), default="running")
+    source: Mapped[str] = mapped_column(String(32), default="perfgate")
+    settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    machine: Mapped[Machine] = relationship()
+    results: Mapped[list[Result]] = relationship(back_populates="run", cascade="all, delete-orphan")
+
+
+class Result(Base):
+    __tablename__ = "results"
+    __table_args__ = (UniqueConstraint("run_id", "build_id", "model_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
+    build_id: Mapped[int] = mapped_column(ForeignKey("builds.id"))
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    status: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(Text)
+    rounds_done: Mapped[int] = mapped_column(default=0)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    n_prompt: Mapped[int]
+    n_gen: Mapped[int]
+    repetitions: Mapped[int]
+    load_s: Mapped[float | None]
+    pp_ts: Mapped[float | None]
+    pp_ts_std: Mapped[float | None]
+    tg_ts: Mapped[float | None]
+    tg_ts_std: Mapped[float | None]
+    layers_offloaded: Mapped[int | None]
+    layers_total: Mapped[int | None]
+    backend: Mapped[str | None] = mapped_column(String(64))
+    model_bytes: Mapped[int | None]
+    model_buf_bytes: Mapped[int | None]
+    kv_bytes: Mapped[int | None]
+    compute_bytes: Mapped[int | None]
+    rss_peak_bytes: Mapped[int | None]
+    gpu_used_bytes: Mapped[int | None]
+    device_budget_bytes: Mapped[int | None]
+    exit_code: Mapped[int | None]
+    signal: Mapped[str | None] = mapped_column(String(32))
+    memory: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    run: Mapped[Run] = relationship(back_populates="results")
+    build: Mapped[Build] = relationship()
+    model: Mapped[Model] = relationship()
+    samples: Mapped[list[Sample]] = relationship(cascade="all, delete-orphan", order_by="Sample.seq")
+    log: Mapped[ResultLog | None] = relationship(cascade="all, delete-orphan")
+
+
+class Sample(Base):
+    __tablename__ = "samples"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("results.id"), index=True)
+    test: Mapped[str] = mapped_column(String(8))  # "pp" or "tg"
+    seq: Mapped[int]
+    ns: Mapped[int]
+
+
+class ResultLog(Base):
+    __tablename__ = "result_logs"
+    result_id: Mapped[int] = mapped_column(ForeignKey("results.id"), primary_key=True)
+    text: Mapped[str] = mapped_column(Text)

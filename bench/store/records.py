@@ -1,0 +1,130 @@
+"""Writing to the store: every function commits one complete unit, so a kill loses nothing finished."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bench.builds import BuildIdentity
+from bench.machine import MachineInfo
+from bench.metrics import mean_std, tokens_per_s
+from bench.store.models import Build, Machine, Model, Result, ResultLog, Run, Sample, utcnow
+
+
+def upsert_machine(session: Session, info: MachineInfo) -> Machine:
+    machine = session.scalar(select(Machine).where(Machine.fingerprint == info.fingerprint))
+    if machine is None:
+        machine = Machine(fingerprint=info.fingerprint, hostname=info.hostname, os=info.os, arch=info.arch,
+                          cpu=info.cpu, gpu=info.gpu, host_mem_bytes=info.host_mem_bytes,
+                          device_budget_bytes=info.device_budget_bytes, details=info.as_dict())
+        session.add(machine)
+        session.flush()
+    return machine
+
+
+def upsert_build(session: Session, ident: BuildIdentity, source: str = "perfgate") -> Build:
+    build = session.scalar(select(Build).where(Build.name == ident.name, Build.identity_sha == ident.identity_sha))
+    if build is None:
+        build = Build(name=ident.name, identity_sha=ident.identity_sha, llama_cpp_version=ident.llama_cpp_version,
+                      system_info=ident.system_info, lib_path=ident.lib_path, lib_sha256=ident.lib_sha256,
+                      ggml_sha256=ident.ggml_sha256, python=ident.python,
+                      supports_gpu_offload=ident.supports_gpu_offload,
+                      details={**ident.details, "source": source, "usable": ident.ok})
+        session.add(build)
+        session.flush()
+    return build
+
+
+def upsert_model(session: Session, name: str, path: str, file_bytes: int | None, n_layer: int | None,
+                 details: dict[str, Any]) -> Model:
+    model = session.scalar(select(Model).where(Model.name == name, Model.path == path))
+    if model is None:
+        model = Model(name=name, path=path, file_bytes=file_bytes, n_layer=n_layer, details=details)
+        session.add(model)
+    else:
+        model.file_bytes, model.n_layer = file_bytes or model.file_bytes, n_layer or model.n_layer
+        model.details = {**model.details, **details}
+    session.flush()
+    return model
+
+
+@dataclass
+class Measurement:
+    """One worker's outcome, ready to be stored."""
+
+    status: str
+    reason: str
+    n_prompt: int
+    n_gen: int
+    samples_pp_ns: list[int] = field(default_factory=list)
+    samples_tg_ns: list[int] = field(default_factory=list)
+    log: str = ""
+    fields: dict[str, Any] = field(default_factory=dict)  # load_s, layers_*, backend, memory figures …
+    memory: dict[str, Any] = field(default_factory=dict)
+
+
+def record_result(session: Session, run_id: int, build_id: int, model_id: int, m: Measurement,
+                  *, rounds_total: int = 1, started_at: datetime | None = None) -> Result:
+    """Store (or extend, for interleaved rounds) one result and commit it."""
+    result = session.scalar(select(Result).where(
+        Result.run_id == run_id, Result.build_id == build_id, Result.model_id == model_id))
+    if result is None:
+        result = Result(run_id=run_id, build_id=build_id, model_id=model_id, status=m.status, reason=m.reason,
+                        n_prompt=m.n_prompt, n_gen=m.n_gen, repetitions=0, started_at=started_at or utcnow(),
+                        memory={})
+        session.add(result)
+        session.flush()
+    elif result.status != "ok" and m.status == "ok":
+        m = Measurement(result.status, result.reason or "", m.n_prompt, m.n_gen, log=m.log)  # a failed round sticks
+    result.status, result.reason = m.status, m.reason
+    for key, value in m.fields.items():
+        if value is not None and (key != "rss_peak_bytes" or value > (result.rss_peak_bytes or 0)):
+            setattr(result, key, value)
+    result.memory = {**(result.memory or {}), **m.memory}
+    seq0 = {"pp": 0, "tg": 0}
+    for s in result.samples:
+        seq0[s.test] = max(seq0[s.test], s.seq + 1)
+    for test, values in (("pp", m.samples_pp_ns), ("tg", m.samples_tg_ns)):
+        result.samples.extend(Sample(test=test, seq=seq0[test] + i, ns=int(ns)) for i, ns in enumerate(values))
+    pp = [s.ns for s in result.samples if s.test == "pp"]
+    tg = [s.ns for s in result.samples if s.test == "tg"]
+    result.pp_ts, result.pp_ts_std = mean_std(tokens_per_s(pp, result.n_prompt))
+    result.tg_ts, result.tg_ts_std = mean_std(tokens_per_s(tg, result.n_gen))
+    result.repetitions = max(len(pp), len(tg))
+    result.rounds_done += 1
+    if m.log:
+        if result.log is None:
+            result.log = ResultLog(text=m.log)
+        elif m.status != "ok":
+            result.log.text += "\n--- round %d ---\n%s" % (result.rounds_done, m.log)
+    if result.rounds_done >= rounds_total or m.status != "ok":
+        result.finished_at = utcnow()
+    session.commit()
+    return result
+
+
+def finished_items(session: Session, run_id: int, rounds_total: int) -> dict[tuple[str, str], int]:
+    """(build name, model name) → rounds already stored for a run."""
+    rows = session.execute(
+        select(Build.name, Model.name, Result.rounds_done, Result.status)
+        .join(Result, Result.build_id == Build.id).join(Model, Result.model_id == Model.id)
+        .where(Result.run_id == run_id)).all()
+    return {(b, mo): (rounds_total if status != "ok" else rounds) for b, mo, rounds, status in rows}
+
+
+def start_run(session: Session, machine: Machine, settings: dict[str, Any], source: str = "perfgate",
+              started_at: datetime | None = None) -> Run:
+    run = Run(machine_id=machine.id, settings=settings, source=source, status="running",
+              started_at=started_at or utcnow())
+    session.add(run)
+    session.commit()
+    return run
+
+
+def finish_run(session: Session, run: Run, status: str = "complete") -> None:
+    run.status, run.finished_at = status, utcnow()
+    session.commit()
