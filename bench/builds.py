@@ -48,24 +48,48 @@ def build_env(config: Config, build: BuildConfig) -> dict[str, str]:
     return env
 
 
+def _text(data: str | bytes | None) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
+
+
 def identify(config: Config, build: BuildConfig, timeout_s: float = 120) -> BuildIdentity:
     """Ask the build itself who it is; a build that cannot even import is recorded, not fatal."""
     python = str(config.resolve(build.python))
     with tempfile.TemporaryDirectory(prefix="perfgate-id-") as tmp:
         out = Path(tmp) / "identity.json"
         try:
-            proc = subprocess.run([python, str(WORKER), "identity", str(out)], env=build_env(config, build),
-                                  capture_output=True, text=True, timeout=timeout_s, check=False)
+            proc = subprocess.run(
+                [python, str(WORKER), "identity", str(out)],
+                env=build_env(config, build),
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
+            )
         except subprocess.TimeoutExpired as exc:
-            return BuildIdentity(build.name, False, python=python,
-                                 error_log=f"identity check timed out after {timeout_s:g} s\n{exc.stderr or ''}")
+            return BuildIdentity(
+                build.name,
+                False,
+                python=python,
+                error_log=f"identity check timed out after {timeout_s:g} s\n{_text(exc.stderr)}",
+            )
         if proc.returncode != 0 or not out.exists():
-            return BuildIdentity(build.name, False, python=python,
-                                 error_log=proc.stderr + f"\nworker exited with code {proc.returncode}\n")
+            return BuildIdentity(
+                build.name,
+                False,
+                python=python,
+                error_log=proc.stderr + f"\nworker exited with code {proc.returncode}\n",
+            )
         data = json.loads(out.read_text())
     return BuildIdentity(
-        name=build.name, ok=True, llama_cpp_version=data["llama_cpp_version"], system_info=data["system_info"],
-        lib_path=data["lib_path"], lib_sha256=data["lib_sha256"], ggml_sha256=data["ggml_sha256"],
-        python=data["python"], supports_gpu_offload=data["supports_gpu_offload"],
+        name=build.name,
+        ok=True,
+        llama_cpp_version=data["llama_cpp_version"],
+        system_info=data["system_info"],
+        lib_path=data["lib_path"],
+        lib_sha256=data["lib_sha256"],
+        ggml_sha256=data["ggml_sha256"],
+        python=data["python"],
+        supports_gpu_offload=data["supports_gpu_offload"],
         details={"lib_dir": str(config.resolve(build.lib)) if build.lib else None},
     )

@@ -18,13 +18,17 @@ from bench.store.db import open_store
 from bench.store.queries import results_frame, run_or_latest, runs_frame
 from bench.synth import SynthSpec, synthesize
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="perfgate: do llama.cpp builds still load every model fully offloaded, at the same speed?")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="perfgate: do llama.cpp builds still load every model fully offloaded, at the same speed?",
+)
 console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True)
 
-DbOption = Annotated[str | None, typer.Option("--db", help="SQLAlchemy URL or SQLite path (default: $PERFGATE_DB "
-                                                         "or db/perfgate.sqlite)")]
+DbOption = Annotated[
+    str | None, typer.Option("--db", help="SQLAlchemy URL or SQLite path (default: $PERFGATE_DB or db/perfgate.sqlite)")
+]
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="models.yaml")]
 FormatOption = Annotated[str, typer.Option("--format", "-f", help="table|json|csv")]
 
@@ -35,21 +39,27 @@ def _check_format(fmt: str, allowed: tuple[str, ...]) -> None:
 
 
 @app.command()
-def run(config: ConfigOption = DEFAULT_CONFIG, db: DbOption = None,
-        resume: Annotated[int | None, typer.Option("--resume", help="finish run RUN_ID: measure only what is missing")]
-        = None,
-        interleave: Annotated[bool, typer.Option(help="alternate builds in rounds (A B, B A, …) so drift hits all")]
-        = False,
-        rounds: Annotated[int | None, typer.Option(help="rounds for --interleave (default: repetitions)")] = None,
-        force: Annotated[bool, typer.Option("--force", help="run models the fit check would skip")] = False,
-        quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False) -> None:
+def run(
+    config: ConfigOption = DEFAULT_CONFIG,
+    db: DbOption = None,
+    resume: Annotated[
+        int | None, typer.Option("--resume", help="finish run RUN_ID: measure only what is missing")
+    ] = None,
+    interleave: Annotated[
+        bool, typer.Option(help="alternate builds in rounds (A B, B A, …) so drift hits all")
+    ] = False,
+    rounds: Annotated[int | None, typer.Option(help="rounds for --interleave (default: repetitions)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="run models the fit check would skip")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
     """Measure every build × model of the config into the store."""
     from bench.runner import run_matrix
 
     cfg = load_config(config)
     with open_store(db) as store:
-        run_id = run_matrix(store, cfg, resume_run_id=resume, interleave=interleave, rounds=rounds, force=force,
-                            show_progress=not quiet)
+        run_id = run_matrix(
+            store, cfg, resume_run_id=resume, interleave=interleave, rounds=rounds, force=force, show_progress=not quiet
+        )
         with store.session() as session:
             frame = results_frame(session, [run_id], with_samples=False)
     if not quiet:
@@ -58,9 +68,12 @@ def run(config: ConfigOption = DEFAULT_CONFIG, db: DbOption = None,
 
 
 @app.command()
-def results(db: DbOption = None, run_id: Annotated[int | None, typer.Option("--run", help="run id (default: latest)")]
-            = None, all_runs: Annotated[bool, typer.Option("--all", help="every run")] = False,
-            fmt: FormatOption = "table") -> None:
+def results(
+    db: DbOption = None,
+    run_id: Annotated[int | None, typer.Option("--run", help="run id (default: latest)")] = None,
+    all_runs: Annotated[bool, typer.Option("--all", help="every run")] = False,
+    fmt: FormatOption = "table",
+) -> None:
     """Show stored results."""
     _check_format(fmt, ("table", "json", "csv"))
     with open_store(db) as store, store.session() as session:
@@ -89,10 +102,12 @@ def runs(db: DbOption = None, fmt: FormatOption = "table") -> None:
 
 
 @app.command()
-def synth(shape: Annotated[str, typer.Option(help="tiny|small|7B|13B|34B|70B")],
-          quant: Annotated[str, typer.Option(help="F16|Q8_0|Q4_0")] = "Q4_0",
-          out: Annotated[Path | None, typer.Option(help="output file (default models/<shape>-<quant>.gguf)")] = None,
-          seed: int = 0) -> None:
+def synth(
+    shape: Annotated[str, typer.Option(help="tiny|small|7B|13B|34B|70B")],
+    quant: Annotated[str, typer.Option(help="F16|Q8_0|Q4_0")] = "Q4_0",
+    out: Annotated[Path | None, typer.Option(help="output file (default models/<shape>-<quant>.gguf)")] = None,
+    seed: int = 0,
+) -> None:
     """Write a deterministic synthetic llama GGUF (skips an identical existing file)."""
     spec = SynthSpec(shape, quant, seed)
     target = out or Path("models") / f"{shape}-{quant}.gguf"
@@ -101,11 +116,11 @@ def synth(shape: Annotated[str, typer.Option(help="tiny|small|7B|13B|34B|70B")],
 
 
 @app.command("classify-log")
-def classify_log(files: Annotated[list[Path], typer.Argument(help="load logs")],
-                 expect_gpu: Annotated[bool, typer.Option(help="the run asked for GPU offload on a GPU machine")]
-                 = False,
-                 n_gpu_layers: Annotated[int | None, typer.Option(help="layers asked for (default: all)")] = None
-                 ) -> None:
+def classify_log(
+    files: Annotated[list[Path], typer.Argument(help="load logs")],
+    expect_gpu: Annotated[bool, typer.Option(help="the run asked for GPU offload on a GPU machine")] = False,
+    n_gpu_layers: Annotated[int | None, typer.Option(help="layers asked for (default: all)")] = None,
+) -> None:
     """Classify load logs: one JSON line per file."""
     for f in files:
         try:
@@ -120,7 +135,7 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except PerfgateError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.stderr.write(f"error: {exc}\n")  # unwrapped: one greppable line per error
         sys.exit(exc.exit_code)
     except (typer.Exit, SystemExit) as exc:
         code = exc.exit_code if isinstance(exc, typer.Exit) else exc.code

@@ -90,6 +90,7 @@ class SuiteConfig(_Strict):
     expect_gpu: bool | Literal["auto"] = "auto"
     on_missing_model: Literal["error", "record"] = "error"
     models_dir: Path = Path("models")
+    device_budget_bytes: int | None = Field(default=None, gt=0)  # overrides the detected budget
 
 
 class GateConfig(_Strict):
@@ -179,8 +180,11 @@ def load_config(path: Path | str = DEFAULT_CONFIG, *, check_files: bool = True) 
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown key {loc[-1]!r}"
-        got = f", got {err['input']!r}" if err["type"] not in ("extra_forbidden", "missing") and not isinstance(
-            err.get("input"), dict | list) else ""
+        got = (
+            f", got {err['input']!r}"
+            if err["type"] not in ("extra_forbidden", "missing") and not isinstance(err.get("input"), dict | list)
+            else ""
+        )
         raise ConfigError(f"{path}:{_line_of(root, loc)}: {_dotted(loc)}: {msg}{got}") from exc
     if check_files:
         _check_files(config, root)
@@ -209,12 +213,14 @@ def _check_files(config: Config, root: yaml.Node | None) -> None:
             raise ConfigError(f"{config.source}:{_line_of(root, loc)}: {_dotted(loc)}: no executable at {python}")
         if build.lib is not None and not config.resolve(build.lib).is_dir():
             loc = ("builds", i, "lib")
-            raise ConfigError(f"{config.source}:{_line_of(root, loc)}: {_dotted(loc)}: no directory at "
-                              f"{config.resolve(build.lib)}")
+            raise ConfigError(
+                f"{config.source}:{_line_of(root, loc)}: {_dotted(loc)}: no directory at {config.resolve(build.lib)}"
+            )
     if config.suite.on_missing_model == "record":
         return
     for i, model in enumerate(config.models):
         if model.path is not None and not config.model_path(model).exists():
             loc = ("models", i, "path")
-            raise ConfigError(f"{config.source}:{_line_of(root, loc)}: {_dotted(loc)}: file not found: "
-                              f"{config.model_path(model)}")
+            raise ConfigError(
+                f"{config.source}:{_line_of(root, loc)}: {_dotted(loc)}: file not found: {config.model_path(model)}"
+            )

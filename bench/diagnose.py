@@ -14,50 +14,103 @@ from dataclasses import dataclass, field
 from typing import Any
 
 STATUSES = (
-    "ok", "metal_init_failed", "shader_compile_failed", "out_of_memory", "file_not_found", "invalid_gguf",
-    "unsupported_architecture", "partial_offload", "cpu_fallback", "context_failed", "crashed", "timeout",
-    "skipped_does_not_fit", "load_failed", "build_failed",
+    "ok",
+    "metal_init_failed",
+    "shader_compile_failed",
+    "out_of_memory",
+    "file_not_found",
+    "invalid_gguf",
+    "unsupported_architecture",
+    "partial_offload",
+    "cpu_fallback",
+    "context_failed",
+    "crashed",
+    "timeout",
+    "skipped_does_not_fit",
+    "load_failed",
+    "build_failed",
 )
 # load_failed: the model did not load and the log names no known cause (kept honest, not guessed);
 # build_failed: the build under test has no usable library (it failed to build, link or import)
 
 _FAILURE_RULES: list[tuple[str, re.Pattern[str]]] = [
-    ("build_failed", re.compile(
-        r"Failed to load shared library|cannot open shared object file|No module named '?llama_cpp"
-        r"|Library not loaded: .*llama|undefined symbol: (llama|ggml)_|duplicate symbols? for architecture", re.I)),
-    ("file_not_found", re.compile(
-        r"model path does not exist|failed to open GGUF file .*(no such file|not found)"
-        r"|gguf_init_from_file: failed to open .*No such file", re.I)),
-    ("shader_compile_failed", re.compile(
-        r"program_source:\d+:\d+: (fatal )?error|MTLLibraryErrorDomain Code=3"
-        r"|failed to compile (the )?(metal )?(shader|pipeline|library|kernel)|shader compil\w+ fail", re.I)),
-    ("out_of_memory", re.compile(
-        r"out of memory|cudaMalloc failed|hipMalloc failed|Insufficient Memory|ErrorOutOfDeviceMemory"
-        r"|ErrorOutOfMemory|failed to allocate \S+ buffer|unable to allocate \S+ buffer"
-        r"|failed to allocate compute buffers|std::bad_alloc|not enough memory|cannot allocate memory", re.I)),
-    ("invalid_gguf", re.compile(
-        r"invalid magic|not within the file bounds|model is corrupted or incomplete|failed to read (key-value|tensor info"
-        r"|the header|magic)|invalid gguf|gguf_init_from_\w+: .*(invalid|unsupported) (version|header)"
-        r"|tensor '.*' has (invalid|wrong) (shape|number of elements)|GGUF file version \d+ is (too new|unsupported)"
-        r"|unexpectedly reached end of file|gguf_init_from_file_impl: failed to read", re.I)),
+    (
+        "build_failed",
+        re.compile(
+            r"Failed to load shared library|Shared library with base name '\w+' not found"
+            r"|cannot open shared object file|No module named '?llama_cpp"
+            r"|Library not loaded: .*llama|undefined symbol: (llama|ggml)_|duplicate symbols? for architecture",
+            re.I,
+        ),
+    ),
+    (
+        "file_not_found",
+        re.compile(
+            r"model path does not exist|failed to open GGUF file .*(no such file|not found)"
+            r"|gguf_init_from_file: failed to open .*No such file",
+            re.I,
+        ),
+    ),
+    (
+        "shader_compile_failed",
+        re.compile(
+            r"program_source:\d+:\d+: (fatal )?error|MTLLibraryErrorDomain Code=3"
+            r"|failed to compile (the )?(metal )?(shader|pipeline|library|kernel)|shader compil\w+ fail",
+            re.I,
+        ),
+    ),
+    (
+        "out_of_memory",
+        re.compile(
+            r"out of memory|cudaMalloc failed|hipMalloc failed|Insufficient Memory|ErrorOutOfDeviceMemory"
+            r"|ErrorOutOfMemory|failed to allocate \S+ buffer|unable to allocate \S+ buffer"
+            r"|failed to allocate compute buffers|std::bad_alloc|not enough memory|cannot allocate memory",
+            re.I,
+        ),
+    ),
+    (
+        "invalid_gguf",
+        re.compile(
+            r"invalid magic|not within the file bounds|model is corrupted or incomplete"
+            r"|failed to read (key-value|tensor info|the header|magic)|invalid gguf"
+            r"|gguf_init_from_\w+: .*(invalid|unsupported) (version|header)"
+            r"|tensor '.*' has (invalid|wrong) (shape|number of elements)|GGUF file version \d+ is (too new|unsupported)"
+            r"|unexpectedly reached end of file|gguf_init_from_file_impl: failed to read",
+            re.I,
+        ),
+    ),
     ("unsupported_architecture", re.compile(r"unknown (model )?architecture|unsupported (model )?architecture", re.I)),
-    ("metal_init_failed", re.compile(
-        r"failed to initialize Metal backend|ggml_metal_init: error|ggml_backend_metal_init: error"
-        r"|failed to create Metal (device|library|command queue)|Metal (device|backend) (not found|unavailable)", re.I)),
-    ("context_failed", re.compile(
-        r"failed to create (llama_)?context|Failed to create llama_context|llama_init_from_model: failed"
-        r"|failed to initialize the context|error: failed to create context", re.I)),
+    (
+        "metal_init_failed",
+        re.compile(
+            r"failed to initialize Metal backend|ggml_metal_init: error|ggml_backend_metal_init: error"
+            r"|failed to create Metal (device|library|command queue)"
+            r"|Metal (device|backend) (not found|unavailable)",
+            re.I,
+        ),
+    ),
+    (
+        "context_failed",
+        re.compile(
+            r"failed to create (llama_)?context|Failed to create llama_context|llama_init_from_model: failed"
+            r"|failed to initialize the context|error: failed to create context",
+            re.I,
+        ),
+    ),
 ]
 
 _CRASH_LINE = re.compile(
     r"GGML_ASSERT\(.*\) failed|^\S+:\d+: .*\b(CUDA|Metal|Vulkan|HIP)? ?error\b|CUDA error: .*|ggml_abort"
-    r"|Segmentation fault|Aborted \(core dumped\)|terminate called after", re.I)
+    r"|Segmentation fault|Aborted \(core dumped\)|terminate called after",
+    re.I,
+)
 _CRASH_DETAIL = re.compile(r"GGML_ASSERT\(.*\) failed|CUDA error: .+|no kernel image is available.*", re.I)
 _LOAD_FAILED = re.compile(r"failed to load model|error loading model|Failed to load model|could not load", re.I)
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
 _BUFFER = re.compile(
     r"(?P<dev>[A-Za-z][\w]*?)(?:_Mapped|_REPACK|_Host|_Private|_Shared)?\s+(?P<kind>model |KV |compute |)"
-    r"buffer size\s*=\s*(?P<mib>[\d.]+) MiB")
+    r"buffer size\s*=\s*(?P<mib>[\d.]+) MiB"
+)
 _WORKING_SET = re.compile(r"recommendedMaxWorkingSetSize\s*=\s*([\d.]+) MB")
 _GPU_INIT = re.compile(r"ggml_metal_init: found device|ggml_cuda_init: found \d+ CUDA devices")
 _VRAM = re.compile(r"Device \d+: .*?VRAM: (\d+) MiB")
@@ -75,8 +128,12 @@ class Diagnosis:
 
     def as_json(self, file: str | None = None) -> dict[str, Any]:
         out: dict[str, Any] = {"file": file} if file is not None else {}
-        out.update(status=self.status, reason=self.reason,
-                   offloaded=list(self.offloaded) if self.offloaded else None, memory=self.memory)
+        out.update(
+            status=self.status,
+            reason=self.reason,
+            offloaded=list(self.offloaded) if self.offloaded else None,
+            memory=self.memory,
+        )
         return out
 
 
@@ -133,8 +190,10 @@ def gpu_devices(memory: dict[str, Any]) -> list[str]:
 
 def _first(lines: list[str], pattern: re.Pattern[str]) -> str | None:
     # a Python traceback quotes its source ('raise ValueError(f"...")'): the message line says more
-    return next((line.strip() for line in lines
-                 if pattern.search(line) and not line.lstrip().startswith(("raise ", "File \""))), None)
+    return next(
+        (line.strip() for line in lines if pattern.search(line) and not line.lstrip().startswith(("raise ", 'File "'))),
+        None,
+    )
 
 
 def _clip(text: str, limit: int = 240) -> str:
@@ -157,9 +216,16 @@ def _crash(lines: list[str], exit_info: ExitInfo) -> Diagnosis | None:
     return Diagnosis("crashed", _clip(": ".join(parts)))
 
 
-def classify(text: str, *, expect_gpu: bool, layers_requested: int | None = None,
-             exit_info: ExitInfo | None = None) -> Diagnosis:
-    """Classify one load log. `layers_requested` None means all layers were asked for."""
+def classify(
+    text: str,
+    *,
+    expect_gpu: bool,
+    layers_requested: int | None = None,
+    exit_info: ExitInfo | None = None,
+    layers_total: int | None = None,
+) -> Diagnosis:
+    """Classify one load log. `layers_requested` None means all layers were asked for; `layers_total`
+    is the model's offloadable layer count when known from elsewhere (CPU builds do not log it)."""
     exit_info = exit_info or ExitInfo()
     lines = text.splitlines()
     memory = parse_memory(lines)
@@ -195,7 +261,7 @@ def classify(text: str, *, expect_gpu: bool, layers_requested: int | None = None
     if offloaded and offloaded[0] < offloaded[1] and (layers_requested is None or layers_requested >= offloaded[1]):
         return verdict("partial_offload", off_line or "")
     if layers_requested is not None:
-        total = offloaded[1] if offloaded else None
+        total = offloaded[1] if offloaded else layers_total
         if total is None or layers_requested < total:
             shown = f"{layers_requested}/{total}" if total else str(layers_requested)
             return verdict("partial_offload", f"only {shown} layers were asked to be offloaded (n_gpu_layers)")

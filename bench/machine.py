@@ -91,6 +91,12 @@ def collect() -> MachineInfo:
         # the load log states the exact figure, which replaces this estimate once a model loads
         budget = int(host_mem * 0.75) if host_mem else None
     return MachineInfo(
-        hostname=socket.gethostname(), os=platform.platform(), arch=platform.machine(), cpu=_cpu_name(),
-        gpu=gpu, host_mem_bytes=host_mem, device_budget_bytes=budget, gpu_kind=kind,
+        hostname=socket.gethostname(),
+        os=platform.platform(),
+        arch=platform.machine(),
+        cpu=_cpu_name(),
+        gpu=gpu,
+        host_mem_bytes=host_mem,
+        device_budget_bytes=budget,
+        gpu_kind=kind,
     )

@@ -63,12 +63,33 @@ def fmt_ts(mean: float | None, std: float | None = None) -> str:
 
 def results_table(frame: pd.DataFrame, title: str) -> Table:
     table = Table(title=title)
-    for col in ("run", "build", "model", "status", "layers", "backend", "load s", "pp t/s", "tg t/s", "model buf",
-                "peak RSS"):
+    for col in (
+        "run",
+        "build",
+        "model",
+        "status",
+        "layers",
+        "backend",
+        "load s",
+        "pp t/s",
+        "tg t/s",
+        "model buf",
+        "peak RSS",
+    ):
         table.add_column(col, overflow="fold")
     for r in frame.itertuples():
         layers = f"{r.layers_offloaded}/{r.layers_total}" if pd.notna(r.layers_total) else "–"
-        table.add_row(str(r.run_id), str(r.build), str(r.model), str(r.status), layers, str(r.backend or "–"),
-                      f"{r.load_s:.2f}" if pd.notna(r.load_s) else "–", fmt_ts(r.pp_ts, r.pp_ts_std),
-                      fmt_ts(r.tg_ts, r.tg_ts_std), human_bytes(r.model_buf_bytes), human_bytes(r.rss_peak_bytes))
+        table.add_row(
+            str(r.run_id),
+            str(r.build),
+            str(r.model),
+            str(r.status),
+            layers,
+            str(r.backend or "–"),
+            f"{r.load_s:.2f}" if pd.notna(r.load_s) else "–",
+            fmt_ts(r.pp_ts, r.pp_ts_std),
+            fmt_ts(r.tg_ts, r.tg_ts_std),
+            human_bytes(r.model_buf_bytes),
+            human_bytes(r.rss_peak_bytes),
+        )
     return table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -11,7 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,14 @@ from bench.errors import ConfigError, StoreError
 from bench.store.db import Store
 from bench.store.models import Run, utcnow
 from bench.store.records import (
-    Measurement, finish_run, finished_items, record_result, start_run, upsert_build, upsert_machine, upsert_model,
+    Measurement,
+    finish_run,
+    finished_items,
+    record_result,
+    start_run,
+    upsert_build,
+    upsert_machine,
+    upsert_model,
 )
 from bench.synth import synthesize
 
@@ -108,9 +116,15 @@ def run_worker(python: str, env: dict[str, str], spec: dict[str, Any], timeout_s
         spec_path.write_text(json.dumps(spec))
         start = time.monotonic()
         with log_path.open("wb") as log_fh:
-            proc = subprocess.Popen([python, str(WORKER), "measure", str(spec_path), str(out_path)],
-                                    env=env, stdin=subprocess.DEVNULL, stdout=log_fh, stderr=subprocess.STDOUT,
-                                    start_new_session=True, preexec_fn=_die_with_parent)
+            proc = subprocess.Popen(
+                [python, str(WORKER), "measure", str(spec_path), str(out_path)],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fh,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
             timed_out, status, rusage = False, 0, None
             while True:
                 pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
@@ -129,16 +143,14 @@ def run_worker(python: str, env: dict[str, str], spec: dict[str, Any], timeout_s
         result = json.loads(out_path.read_text()) if out_path.exists() and proc.returncode == 0 else None
     rss = rusage.ru_maxrss * (1 if sys.platform == "darwin" else 1024) if rusage else None
     if len(log) > LOG_LIMIT:
-        log = log[: LOG_LIMIT // 2] + "\n[... perfgate cut the middle of this log ...]\n" + log[-LOG_LIMIT // 2:]
+        log = log[: LOG_LIMIT // 2] + "\n[... perfgate cut the middle of this log ...]\n" + log[-LOG_LIMIT // 2 :]
     return WorkerOutcome(proc.returncode, timed_out, log, result, rss, wall_s)
 
 
 def _reap_group(pgid: int) -> None:
     """Anything the worker forked is killed with it: no process outlives its item."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _layers_requested(config: Config) -> int | None:
@@ -150,17 +162,22 @@ def expect_gpu(config: Config, info: machine_mod.MachineInfo) -> bool:
     return info.has_gpu if config.suite.expect_gpu == "auto" else bool(config.suite.expect_gpu)
 
 
-def measurement_from(outcome: WorkerOutcome, config: Config, *, gpu_expected: bool, timeout_s: float,
-                     budget_bytes: int | None) -> Measurement:
+def measurement_from(
+    outcome: WorkerOutcome, config: Config, *, gpu_expected: bool, timeout_s: float, budget_bytes: int | None
+) -> Measurement:
     suite = config.suite
-    diag = classify(outcome.log, expect_gpu=gpu_expected, layers_requested=_layers_requested(config),
-                    exit_info=ExitInfo(outcome.returncode, outcome.timed_out, timeout_s))
-    status, reason = diag.status, diag.reason
     res = outcome.result or {}
+    diag = classify(
+        outcome.log,
+        expect_gpu=gpu_expected,
+        layers_requested=_layers_requested(config),
+        exit_info=ExitInfo(outcome.returncode, outcome.timed_out, timeout_s),
+        layers_total=res["layers_model"] + 1 if "layers_model" in res else None,
+    )
+    status, reason = diag.status, diag.reason
     if status == "ok" and outcome.result is None:
         status, reason = "crashed", f"worker exited with code {outcome.returncode} and wrote no result"
-    layers_total = (diag.offloaded[1] if diag.offloaded else
-                    (res["layers_model"] + 1 if "layers_model" in res else None))
+    layers_total = diag.offloaded[1] if diag.offloaded else (res["layers_model"] + 1 if "layers_model" in res else None)
     if diag.offloaded:
         layers_offloaded: int | None = diag.offloaded[0]
     elif layers_total is not None:
@@ -169,8 +186,11 @@ def measurement_from(outcome: WorkerOutcome, config: Config, *, gpu_expected: bo
         layers_offloaded = None
     memory = diag.memory
     fields = {
-        "load_s": res.get("load_s"), "layers_offloaded": layers_offloaded, "layers_total": layers_total,
-        "backend": diag.backend, "model_bytes": res.get("model_bytes"),
+        "load_s": res.get("load_s"),
+        "layers_offloaded": layers_offloaded,
+        "layers_total": layers_total,
+        "backend": diag.backend,
+        "model_bytes": res.get("model_bytes"),
         "model_buf_bytes": sum(memory.get("model", {}).values()) or None,
         "kv_bytes": sum(memory.get("kv", {}).values()) or None,
         "compute_bytes": sum(memory.get("compute", {}).values()) or None,
@@ -181,10 +201,17 @@ def measurement_from(outcome: WorkerOutcome, config: Config, *, gpu_expected: bo
         "signal": signal.Signals(-outcome.returncode).name if outcome.returncode < 0 else None,
     }
     ok = status == "ok"
-    return Measurement(status, reason, suite.n_prompt, suite.n_gen,
-                       samples_pp_ns=res.get("samples_pp_ns", []) if ok else [],
-                       samples_tg_ns=res.get("samples_tg_ns", []) if ok else [],
-                       log=outcome.log, fields=fields, memory=memory)
+    return Measurement(
+        status,
+        reason,
+        suite.n_prompt,
+        suite.n_gen,
+        samples_pp_ns=res.get("samples_pp_ns", []) if ok else [],
+        samples_tg_ns=res.get("samples_tg_ns", []) if ok else [],
+        log=outcome.log,
+        fields=fields,
+        memory=memory,
+    )
 
 
 @dataclass
@@ -203,11 +230,11 @@ def plan(config: Config, rounds: int, interleave: bool, done: dict[tuple[str, st
     if interleave:
         for r in range(rounds):
             builds = config.builds if r % 2 == 0 else list(reversed(config.builds))
-            items += [Item(b, m, r, per_round[r]) for m in config.models for b in builds
-                      if done.get((b.name, m.name), 0) <= r]
+            items += [
+                Item(b, m, r, per_round[r]) for m in config.models for b in builds if done.get((b.name, m.name), 0) <= r
+            ]
     else:
-        items = [Item(b, m, 0, reps) for b in config.builds for m in config.models
-                 if done.get((b.name, m.name), 0) < 1]
+        items = [Item(b, m, 0, reps) for b in config.builds for m in config.models if done.get((b.name, m.name), 0) < 1]
     return items
 
 
@@ -223,8 +250,16 @@ def prepare_models(config: Config, on_synth: Callable[[str], None] | None = None
     return facts
 
 
-def run_matrix(store: Store, config: Config, *, resume_run_id: int | None = None, interleave: bool = False,
-               rounds: int | None = None, force: bool = False, show_progress: bool = True) -> int:
+def run_matrix(
+    store: Store,
+    config: Config,
+    *,
+    resume_run_id: int | None = None,
+    interleave: bool = False,
+    rounds: int | None = None,
+    force: bool = False,
+    show_progress: bool = True,
+) -> int:
     """Measure every (build, model) of `config` into a run of `store`; return the run id."""
     info = machine_mod.collect()
     rounds = (rounds or config.suite.repetitions) if interleave else 1
@@ -232,7 +267,7 @@ def run_matrix(store: Store, config: Config, *, resume_run_id: int | None = None
         raise ConfigError(f"--rounds {rounds} exceeds suite.repetitions {config.suite.repetitions}")
     facts = prepare_models(config)
     gpu_expected = expect_gpu(config, info)
-    budget = info.device_budget_bytes
+    budget = config.suite.device_budget_bytes or info.device_budget_bytes
     with store.session() as session:
         machine = upsert_machine(session, info)
         if resume_run_id is not None:
@@ -241,55 +276,109 @@ def run_matrix(store: Store, config: Config, *, resume_run_id: int | None = None
                 raise StoreError(f"no run {resume_run_id} in {store.url}")
             interleave, rounds = run.settings.get("interleave", False), run.settings.get("rounds", 1)
         else:
-            settings = {"suite": config.suite.model_dump(mode="json"), "interleave": interleave, "rounds": rounds,
-                        "config": str(config.source), "builds": [b.name for b in config.builds],
-                        "models": [m.name for m in config.models], "expect_gpu": gpu_expected}
+            settings = {
+                "suite": config.suite.model_dump(mode="json"),
+                "interleave": interleave,
+                "rounds": rounds,
+                "config": str(config.source),
+                "builds": [b.name for b in config.builds],
+                "models": [m.name for m in config.models],
+                "expect_gpu": gpu_expected,
+            }
             run = start_run(session, machine, settings)
         run_id = run.id
         done = finished_items(session, run_id, rounds)
         identities = {b.name: identify(config, b) for b in config.builds}
         build_ids = {name: upsert_build(session, ident).id for name, ident in identities.items()}
-        model_ids = {m.name: upsert_model(session, m.name, str(facts[m.name].path), facts[m.name].file_bytes,
-                                          facts[m.name].n_layer,
-                                          {"synth": m.synth.model_dump() if m.synth else None,
-                                           "architecture": facts[m.name].architecture}).id
-                     for m in config.models}
+        model_ids = {
+            m.name: upsert_model(
+                session,
+                m.name,
+                str(facts[m.name].path),
+                facts[m.name].file_bytes,
+                facts[m.name].n_layer,
+                {"synth": m.synth.model_dump() if m.synth else None, "architecture": facts[m.name].architecture},
+            ).id
+            for m in config.models
+        }
         session.commit()
         items = plan(config, rounds, interleave, done)
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      TextColumn("ETA"), TimeRemainingColumn(), disable=not show_progress,
-                      transient=False) as progress:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            disable=not show_progress,
+            transient=False,
+        ) as progress:
             task = progress.add_task("matrix", total=len(items))
             for item in items:
                 progress.update(task, description=f"{item.build.name} × {item.model.name} (round {item.round + 1})")
                 started = utcnow()
-                m = _measure_item(config, item, facts[item.model.name], identities[item.build.name],
-                                  gpu_expected=gpu_expected, budget=budget, force=force)
-                record_result(session, run_id, build_ids[item.build.name], model_ids[item.model.name], m,
-                              rounds_total=rounds, started_at=started)
+                m = _measure_item(
+                    config,
+                    item,
+                    facts[item.model.name],
+                    identities[item.build.name],
+                    gpu_expected=gpu_expected,
+                    budget=budget,
+                    force=force,
+                )
+                record_result(
+                    session,
+                    run_id,
+                    build_ids[item.build.name],
+                    model_ids[item.model.name],
+                    m,
+                    rounds_total=rounds,
+                    started_at=started,
+                )
                 progress.advance(task)
         finish_run(session, session.get(Run, run_id))  # type: ignore[arg-type]
     return run_id
 
 
-def _measure_item(config: Config, item: Item, facts: ModelFacts, ident: BuildIdentity, *, gpu_expected: bool,
-                  budget: int | None, force: bool) -> Measurement:
+def _measure_item(
+    config: Config,
+    item: Item,
+    facts: ModelFacts,
+    ident: BuildIdentity,
+    *,
+    gpu_expected: bool,
+    budget: int | None,
+    force: bool,
+) -> Measurement:
     suite = config.suite
     if not ident.ok:
-        diag = classify(ident.error_log, expect_gpu=gpu_expected)
-        status = diag.status if diag.status != "ok" else "build_failed"
-        return Measurement(status, diag.reason, suite.n_prompt, suite.n_gen, log=ident.error_log)
+        diag = classify(ident.error_log, expect_gpu=False)
+        if diag.status in ("ok", "load_failed"):
+            last = [ln.strip() for ln in ident.error_log.splitlines() if ln.strip()]
+            diag = replace(diag, status="build_failed", reason=last[-1] if last else "the build cannot be imported")
+        return Measurement(diag.status, diag.reason, suite.n_prompt, suite.n_gen, log=ident.error_log)
     need = estimate_need_bytes(facts, config)
     if not force and need is not None and budget is not None and need > budget:
-        return Measurement("skipped_does_not_fit",
-                           f"needs ~{need / 2**30:.1f} GiB (file + KV + compute) but the device budget is "
-                           f"{budget / 2**30:.1f} GiB; --force runs it anyway", suite.n_prompt, suite.n_gen,
-                           fields={"device_budget_bytes": budget, "model_bytes": facts.file_bytes})
+        return Measurement(
+            "skipped_does_not_fit",
+            f"needs ~{need / 2**30:.1f} GiB (file + KV + compute) but the device budget is "
+            f"{budget / 2**30:.1f} GiB; --force runs it anyway",
+            suite.n_prompt,
+            suite.n_gen,
+            fields={"device_budget_bytes": budget, "model_bytes": facts.file_bytes},
+        )
     spec = {
-        "model_path": str(facts.path), "n_gpu_layers": -1 if suite.n_gpu_layers == "all" else suite.n_gpu_layers,
-        "n_prompt": suite.n_prompt, "n_gen": suite.n_gen, "repetitions": item.reps, "warmup": suite.warmup,
-        "n_batch": suite.n_batch, "n_ubatch": suite.n_ubatch, "threads": suite.threads or _default_threads(),
-        "flash_attn": FLASH_ATTN[suite.flash_attn], "seed": item.round,
+        "model_path": str(facts.path),
+        "n_gpu_layers": -1 if suite.n_gpu_layers == "all" else suite.n_gpu_layers,
+        "n_prompt": suite.n_prompt,
+        "n_gen": suite.n_gen,
+        "repetitions": item.reps,
+        "warmup": suite.warmup,
+        "n_batch": suite.n_batch,
+        "n_ubatch": suite.n_ubatch,
+        "threads": suite.threads or _default_threads(),
+        "flash_attn": FLASH_ATTN[suite.flash_attn],
+        "seed": item.round,
     }
     timeout_s = item.model.timeout_s or suite.timeout_s or default_timeout_s(facts)
     python = str(config.resolve(item.build.python))
@@ -320,5 +409,3 @@ def _sockets() -> int:
 def latest_run_id(store: Store) -> int | None:
     with store.session() as session:
         return session.scalar(select(Run.id).order_by(Run.id.desc()).limit(1))
-
-

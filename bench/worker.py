@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import llama_cpp  # noqa: E402  (the build under test; LLAMA_CPP_LIB_PATH picks its libllama)
+import llama_cpp
 
 
 def _log(text: str) -> None:
@@ -65,7 +65,10 @@ def _gpu_used_bytes() -> int | None:
     try:
         out = subprocess.run(
             [smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=20, check=False,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -80,7 +83,10 @@ def _gpu_used_bytes() -> int | None:
     try:
         out = subprocess.run(
             [smi, "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=20, check=False,
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -128,8 +134,10 @@ class _Bench:
     def prompt(self, ctx: Any, n_prompt: int) -> int:
         n_batch = self.spec["n_batch"]
         buf = (llama_cpp.llama_token * n_batch)()
-        draws = [[self._token(i == 0 and b == 0) for i in range(min(n_batch, n_prompt - b))]
-                 for b in range(0, n_prompt, n_batch)]
+        draws = [
+            [self._token(i == 0 and b == 0) for i in range(min(n_batch, n_prompt - b))]
+            for b in range(0, n_prompt, n_batch)
+        ]
         mem = llama_cpp.llama_get_memory(ctx)
         llama_cpp.llama_memory_clear(mem, False)
         start = time.perf_counter_ns()

@@ -13,21 +13,54 @@ from bench.errors import StoreError
 from bench.store.models import Build, Machine, Model, Result, ResultLog, Run, Sample
 
 RESULT_COLUMNS = [
-    "run_id", "build", "model", "status", "reason", "load_s", "pp_ts", "pp_ts_std", "tg_ts", "tg_ts_std",
-    "n_prompt", "n_gen", "repetitions", "samples_pp_ns", "samples_tg_ns", "layers_offloaded", "layers_total",
-    "backend", "model_bytes", "model_buf_bytes", "kv_bytes", "compute_bytes", "rss_peak_bytes", "gpu_used_bytes",
-    "device_budget_bytes", "started_at", "finished_at", "exit_code", "signal", "memory", "machine",
-    "machine_fingerprint", "build_sha", "result_id", "source",
+    "run_id",
+    "build",
+    "model",
+    "status",
+    "reason",
+    "load_s",
+    "pp_ts",
+    "pp_ts_std",
+    "tg_ts",
+    "tg_ts_std",
+    "n_prompt",
+    "n_gen",
+    "repetitions",
+    "samples_pp_ns",
+    "samples_tg_ns",
+    "layers_offloaded",
+    "layers_total",
+    "backend",
+    "model_bytes",
+    "model_buf_bytes",
+    "kv_bytes",
+    "compute_bytes",
+    "rss_peak_bytes",
+    "gpu_used_bytes",
+    "device_budget_bytes",
+    "started_at",
+    "finished_at",
+    "exit_code",
+    "signal",
+    "memory",
+    "machine",
+    "machine_fingerprint",
+    "build_sha",
+    "result_id",
+    "source",
 ]
 
 
 def results_frame(session: Session, run_ids: list[int] | None = None, *, with_samples: bool = True) -> pd.DataFrame:
     """One row per stored result, in the `bench results --format json` contract's columns."""
-    stmt = (select(Result, Build.name, Build.identity_sha, Model.name, Machine.hostname, Machine.fingerprint,
-                   Run.source)
-            .join(Build, Result.build_id == Build.id).join(Model, Result.model_id == Model.id)
-            .join(Run, Result.run_id == Run.id).join(Machine, Run.machine_id == Machine.id)
-            .order_by(Result.run_id, Result.id))
+    stmt = (
+        select(Result, Build.name, Build.identity_sha, Model.name, Machine.hostname, Machine.fingerprint, Run.source)
+        .join(Build, Result.build_id == Build.id)
+        .join(Model, Result.model_id == Model.id)
+        .join(Run, Result.run_id == Run.id)
+        .join(Machine, Run.machine_id == Machine.id)
+        .order_by(Result.run_id, Result.id)
+    )
     if run_ids is not None:
         stmt = stmt.where(Result.run_id.in_(run_ids))
     rows = session.execute(stmt).all()
@@ -35,31 +68,91 @@ def results_frame(session: Session, run_ids: list[int] | None = None, *, with_sa
     if with_samples and rows:
         ids = [r[0].id for r in rows]
         for chunk in range(0, len(ids), 30000):
-            sel = select(Sample.result_id, Sample.test, Sample.ns).where(
-                Sample.result_id.in_(ids[chunk:chunk + 30000])).order_by(Sample.result_id, Sample.seq)
+            sel = (
+                select(Sample.result_id, Sample.test, Sample.ns)
+                .where(Sample.result_id.in_(ids[chunk : chunk + 30000]))
+                .order_by(Sample.result_id, Sample.seq)
+            )
             for rid, test, ns in session.execute(sel):
                 samples[rid][test].append(ns)
     records: list[dict[str, Any]] = []
     for res, build, build_sha, model, host, fingerprint, source in rows:
-        rec = {c: getattr(res, c) for c in (
-            "run_id", "status", "reason", "load_s", "pp_ts", "pp_ts_std", "tg_ts", "tg_ts_std", "n_prompt", "n_gen",
-            "repetitions", "layers_offloaded", "layers_total", "backend", "model_bytes", "model_buf_bytes",
-            "kv_bytes", "compute_bytes", "rss_peak_bytes", "gpu_used_bytes", "device_budget_bytes", "started_at",
-            "finished_at", "exit_code", "signal", "memory")}
-        rec.update(build=build, build_sha=build_sha, model=model, machine=host, machine_fingerprint=fingerprint,
-                   result_id=res.id, source=source,
-                   samples_pp_ns=samples[res.id]["pp"], samples_tg_ns=samples[res.id]["tg"])
+        rec = {
+            c: getattr(res, c)
+            for c in (
+                "run_id",
+                "status",
+                "reason",
+                "load_s",
+                "pp_ts",
+                "pp_ts_std",
+                "tg_ts",
+                "tg_ts_std",
+                "n_prompt",
+                "n_gen",
+                "repetitions",
+                "layers_offloaded",
+                "layers_total",
+                "backend",
+                "model_bytes",
+                "model_buf_bytes",
+                "kv_bytes",
+                "compute_bytes",
+                "rss_peak_bytes",
+                "gpu_used_bytes",
+                "device_budget_bytes",
+                "started_at",
+                "finished_at",
+                "exit_code",
+                "signal",
+                "memory",
+            )
+        }
+        rec.update(
+            build=build,
+            build_sha=build_sha,
+            model=model,
+            machine=host,
+            machine_fingerprint=fingerprint,
+            result_id=res.id,
+            source=source,
+            samples_pp_ns=samples[res.id]["pp"],
+            samples_tg_ns=samples[res.id]["tg"],
+        )
         records.append(rec)
     return pd.DataFrame.from_records(records, columns=RESULT_COLUMNS)
 
 
 def runs_frame(session: Session) -> pd.DataFrame:
-    stmt = (select(Run.id, Run.started_at, Run.finished_at, Run.status, Run.source, Machine.hostname,
-                   Machine.fingerprint, Machine.gpu, Run.settings)
-            .join(Machine, Run.machine_id == Machine.id).order_by(Run.id))
-    frame = pd.DataFrame(session.execute(stmt).all(),
-                         columns=["run_id", "started_at", "finished_at", "status", "source", "machine",
-                                  "machine_fingerprint", "gpu", "settings"])
+    stmt = (
+        select(
+            Run.id,
+            Run.started_at,
+            Run.finished_at,
+            Run.status,
+            Run.source,
+            Machine.hostname,
+            Machine.fingerprint,
+            Machine.gpu,
+            Run.settings,
+        )
+        .join(Machine, Run.machine_id == Machine.id)
+        .order_by(Run.id)
+    )
+    frame = pd.DataFrame(
+        session.execute(stmt).all(),
+        columns=[
+            "run_id",
+            "started_at",
+            "finished_at",
+            "status",
+            "source",
+            "machine",
+            "machine_fingerprint",
+            "gpu",
+            "settings",
+        ],
+    )
     counts = session.execute(select(Result.run_id, Result.status)).all()
     per_run: dict[int, list[str]] = defaultdict(list)
     for rid, status in counts:
@@ -95,6 +188,24 @@ def machine_of_run(session: Session, run_id: int) -> Machine:
 
 def builds_frame(session: Session) -> pd.DataFrame:
     rows = session.execute(select(Build)).scalars().all()
-    return pd.DataFrame([{c: getattr(b, c) for c in ("id", "name", "identity_sha", "llama_cpp_version", "system_info",
-                                                       "lib_path", "lib_sha256", "ggml_sha256", "python",
-                                                       "supports_gpu_offload", "details")} for b in rows])
+    return pd.DataFrame(
+        [
+            {
+                c: getattr(b, c)
+                for c in (
+                    "id",
+                    "name",
+                    "identity_sha",
+                    "llama_cpp_version",
+                    "system_info",
+                    "lib_path",
+                    "lib_sha256",
+                    "ggml_sha256",
+                    "python",
+                    "supports_gpu_offload",
+                    "details",
+                )
+            }
+            for b in rows
+        ]
+    )

@@ -18,9 +18,17 @@ from bench.store.models import Build, Machine, Model, Result, ResultLog, Run, Sa
 def upsert_machine(session: Session, info: MachineInfo) -> Machine:
     machine = session.scalar(select(Machine).where(Machine.fingerprint == info.fingerprint))
     if machine is None:
-        machine = Machine(fingerprint=info.fingerprint, hostname=info.hostname, os=info.os, arch=info.arch,
-                          cpu=info.cpu, gpu=info.gpu, host_mem_bytes=info.host_mem_bytes,
-                          device_budget_bytes=info.device_budget_bytes, details=info.as_dict())
+        machine = Machine(
+            fingerprint=info.fingerprint,
+            hostname=info.hostname,
+            os=info.os,
+            arch=info.arch,
+            cpu=info.cpu,
+            gpu=info.gpu,
+            host_mem_bytes=info.host_mem_bytes,
+            device_budget_bytes=info.device_budget_bytes,
+            details=info.as_dict(),
+        )
         session.add(machine)
         session.flush()
     return machine
@@ -29,18 +37,26 @@ def upsert_machine(session: Session, info: MachineInfo) -> Machine:
 def upsert_build(session: Session, ident: BuildIdentity, source: str = "perfgate") -> Build:
     build = session.scalar(select(Build).where(Build.name == ident.name, Build.identity_sha == ident.identity_sha))
     if build is None:
-        build = Build(name=ident.name, identity_sha=ident.identity_sha, llama_cpp_version=ident.llama_cpp_version,
-                      system_info=ident.system_info, lib_path=ident.lib_path, lib_sha256=ident.lib_sha256,
-                      ggml_sha256=ident.ggml_sha256, python=ident.python,
-                      supports_gpu_offload=ident.supports_gpu_offload,
-                      details={**ident.details, "source": source, "usable": ident.ok})
+        build = Build(
+            name=ident.name,
+            identity_sha=ident.identity_sha,
+            llama_cpp_version=ident.llama_cpp_version,
+            system_info=ident.system_info,
+            lib_path=ident.lib_path,
+            lib_sha256=ident.lib_sha256,
+            ggml_sha256=ident.ggml_sha256,
+            python=ident.python,
+            supports_gpu_offload=ident.supports_gpu_offload,
+            details={**ident.details, "source": source, "usable": ident.ok},
+        )
         session.add(build)
         session.flush()
     return build
 
 
-def upsert_model(session: Session, name: str, path: str, file_bytes: int | None, n_layer: int | None,
-                 details: dict[str, Any]) -> Model:
+def upsert_model(
+    session: Session, name: str, path: str, file_bytes: int | None, n_layer: int | None, details: dict[str, Any]
+) -> Model:
     model = session.scalar(select(Model).where(Model.name == name, Model.path == path))
     if model is None:
         model = Model(name=name, path=path, file_bytes=file_bytes, n_layer=n_layer, details=details)
@@ -67,15 +83,33 @@ class Measurement:
     memory: dict[str, Any] = field(default_factory=dict)
 
 
-def record_result(session: Session, run_id: int, build_id: int, model_id: int, m: Measurement,
-                  *, rounds_total: int = 1, started_at: datetime | None = None) -> Result:
+def record_result(
+    session: Session,
+    run_id: int,
+    build_id: int,
+    model_id: int,
+    m: Measurement,
+    *,
+    rounds_total: int = 1,
+    started_at: datetime | None = None,
+) -> Result:
     """Store (or extend, for interleaved rounds) one result and commit it."""
-    result = session.scalar(select(Result).where(
-        Result.run_id == run_id, Result.build_id == build_id, Result.model_id == model_id))
+    result = session.scalar(
+        select(Result).where(Result.run_id == run_id, Result.build_id == build_id, Result.model_id == model_id)
+    )
     if result is None:
-        result = Result(run_id=run_id, build_id=build_id, model_id=model_id, status=m.status, reason=m.reason,
-                        n_prompt=m.n_prompt, n_gen=m.n_gen, repetitions=0, started_at=started_at or utcnow(),
-                        memory={})
+        result = Result(
+            run_id=run_id,
+            build_id=build_id,
+            model_id=model_id,
+            status=m.status,
+            reason=m.reason,
+            n_prompt=m.n_prompt,
+            n_gen=m.n_gen,
+            repetitions=0,
+            started_at=started_at or utcnow(),
+            memory={},
+        )
         session.add(result)
         session.flush()
     elif result.status != "ok" and m.status == "ok":
@@ -100,7 +134,7 @@ def record_result(session: Session, run_id: int, build_id: int, model_id: int, m
         if result.log is None:
             result.log = ResultLog(text=m.log)
         elif m.status != "ok":
-            result.log.text += "\n--- round %d ---\n%s" % (result.rounds_done, m.log)
+            result.log.text += f"\n--- round {result.rounds_done} ---\n{m.log}"
     if result.rounds_done >= rounds_total or m.status != "ok":
         result.finished_at = utcnow()
     session.commit()
@@ -111,15 +145,23 @@ def finished_items(session: Session, run_id: int, rounds_total: int) -> dict[tup
     """(build name, model name) → rounds already stored for a run."""
     rows = session.execute(
         select(Build.name, Model.name, Result.rounds_done, Result.status)
-        .join(Result, Result.build_id == Build.id).join(Model, Result.model_id == Model.id)
-        .where(Result.run_id == run_id)).all()
+        .join(Result, Result.build_id == Build.id)
+        .join(Model, Result.model_id == Model.id)
+        .where(Result.run_id == run_id)
+    ).all()
     return {(b, mo): (rounds_total if status != "ok" else rounds) for b, mo, rounds, status in rows}
 
 
-def start_run(session: Session, machine: Machine, settings: dict[str, Any], source: str = "perfgate",
-              started_at: datetime | None = None) -> Run:
-    run = Run(machine_id=machine.id, settings=settings, source=source, status="running",
-              started_at=started_at or utcnow())
+def start_run(
+    session: Session,
+    machine: Machine,
+    settings: dict[str, Any],
+    source: str = "perfgate",
+    started_at: datetime | None = None,
+) -> Run:
+    run = Run(
+        machine_id=machine.id, settings=settings, source=source, status="running", started_at=started_at or utcnow()
+    )
     session.add(run)
     session.commit()
     return run

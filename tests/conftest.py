@@ -1,0 +1,93 @@
+"""Shared fixtures: real tiny GGUF files (built once per session), real SQLite files in tmp_path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bench.synth import SynthSpec, synthesize
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+BENCH = str(Path(sys.executable).with_name("bench"))
+SHARED_LOGS = next(
+    (
+        p
+        for p in (REPO / "shared" / "logs", REPO.parent / "shared" / "logs", REPO / "tests" / "logs")
+        if (p / "MANIFEST.tsv").exists()
+    ),
+    REPO / "tests" / "logs",
+)
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("models")
+    synthesize(SynthSpec("tiny", "Q4_0"), d / "tiny-Q4_0.gguf")
+    synthesize(SynthSpec("tiny", "F16"), d / "tiny-F16.gguf")
+    return d
+
+
+@pytest.fixture(scope="session")
+def broken_models(models_dir: Path) -> dict[str, Path]:
+    """Real bad inputs, made from a real model: truncated, garbage, unknown architecture."""
+    good = (models_dir / "tiny-Q4_0.gguf").read_bytes()
+    out = {
+        "truncated": models_dir / "truncated.gguf",
+        "garbage": models_dir / "garbage.gguf",
+        "unknown_arch": models_dir / "unknown-arch.gguf",
+    }
+    out["truncated"].write_bytes(good[: len(good) // 3])
+    out["garbage"].write_bytes(os.urandom(100_000))
+    key = b"general.architecture"
+    at = good.index(key) + len(key) + 4 + 8  # key, value type (u32), string length (u64)
+    assert good[at : at + 5] == b"llama"
+    out["unknown_arch"].write_bytes(good[:at] + b"zzzzz" + good[at + 5 :])
+    return out
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'perfgate.sqlite'}"
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[..., Path]:
+    def write(
+        models: list[dict[str, Any]],
+        builds: list[dict[str, Any]] | None = None,
+        name: str = "models.yaml",
+        **suite: Any,
+    ) -> Path:
+        doc = {
+            "models": models,
+            "builds": builds or [{"name": "local", "python": PYTHON}],
+            "suite": {"n_prompt": 64, "n_gen": 16, "repetitions": 3, "threads": 2, **suite},
+        }
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return path
+
+    return write
+
+
+def bench_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """The real `bench` console script in a real subprocess."""
+    return subprocess.run(
+        [BENCH, *args], capture_output=True, text=True, timeout=timeout, check=False, env={**os.environ, **(env or {})}
+    )
+
+
+def fake_python(tmp_path: Path, name: str, measure_body: str) -> Path:
+    """An interpreter wrapper: the real Python for identity, `measure_body` (sh) for measuring."""
+    script = tmp_path / name
+    script.write_text(f'#!/bin/sh\nif [ "$2" = measure ]; then\n{measure_body}\nfi\nexec {PYTHON} "$@"\n')
+    script.chmod(0o755)
+    return script
