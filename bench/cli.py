@@ -131,21 +131,98 @@ def classify_log(
         sys.stdout.write(json.dumps(diag.as_json(str(f))) + "\n")
 
 
+@app.command("compare")
+def compare_cmd(
+    baseline: Annotated[str, typer.Option(help="BUILD or BUILD@RUN")],
+    candidate: Annotated[str, typer.Option(help="BUILD or BUILD@RUN")],
+    db: DbOption = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="table|json|markdown|csv")] = "table",
+    allow_cross_machine: Annotated[bool, typer.Option(help="compare runs from different machines")] = False,
+) -> None:
+    """Per model and metric: baseline, candidate, ratio with 95% CI, Mann-Whitney p-value, load status."""
+    from bench.compare import compare
+
+    _check_format(fmt, ("table", "json", "markdown", "csv"))
+    with open_store(db) as store, store.session() as session:
+        result = compare(session, baseline, candidate, allow_cross_machine=allow_cross_machine)
+    title = (
+        f"{result.candidate.build}@{result.candidate.run_id} vs {result.baseline.build}@{result.baseline.run_id}"
+        + (" [CROSS-MACHINE]" if result.cross_machine else "")
+    )
+    if fmt == "json":
+        payload = {
+            "baseline": result.baseline.__dict__,
+            "candidate": result.candidate.__dict__,
+            "cross_machine": result.cross_machine,
+            "rows": render.records(result.table),
+        }
+        sys.stdout.write(json.dumps(payload, indent=1) + "\n")
+    elif fmt == "csv":
+        sys.stdout.write(render.to_csv(result.table))
+    elif fmt == "markdown":
+        sys.stdout.write(f"### {title}\n\n" + render.markdown_table(render.compare_display(result.table)) + "\n")
+    else:
+        console.print(render.frame_table(render.compare_display(result.table), title))
+
+
+@app.command("gate")
+def gate_cmd(
+    baseline: Annotated[str, typer.Option(help="BUILD or BUILD@RUN")],
+    candidate: Annotated[str, typer.Option(help="BUILD or BUILD@RUN")],
+    db: DbOption = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+    junit_path: Annotated[Path | None, typer.Option("--junit", help="write JUnit XML here")] = None,
+    summary: Annotated[Path | None, typer.Option(help="also write the markdown summary here")] = None,
+    allow_cross_machine: Annotated[bool, typer.Option(help="compare runs from different machines")] = False,
+) -> None:
+    """Release verdict: exit 0 pass, 1 fail, 2 usage error."""
+    from bench.compare import compare
+    from bench.gate import evaluate, junit, markdown, write_step_summary
+
+    cfg = load_config(config, check_files=False) if config.exists() else None
+    if cfg is None and config != DEFAULT_CONFIG:
+        raise ConfigError(f"{config}: no such config file")
+    gate_cfg = cfg.gate if cfg else None
+    defaults = gate_cfg.thresholds.model_dump(exclude_none=True) if gate_cfg else load_default_thresholds()
+    per_model = {m.name: m.thresholds.model_dump(exclude_none=True) for m in cfg.models if m.thresholds} if cfg else {}
+    with open_store(db) as store, store.session() as session:
+        comparison = compare(session, baseline, candidate, allow_cross_machine=allow_cross_machine)
+    verdict = evaluate(comparison, per_model, defaults, alpha=gate_cfg.alpha if gate_cfg else 0.05)
+    text = markdown(verdict)
+    sys.stdout.write(text)
+    write_step_summary(text)
+    if summary is not None:
+        summary.write_text(text)
+    if junit_path is not None:
+        junit(verdict, junit_path)
+    raise typer.Exit(0 if verdict.passed else 1)
+
+
+def load_default_thresholds() -> dict[str, float]:
+    from bench.config import GateConfig
+
+    return GateConfig().thresholds.model_dump(exclude_none=True)
+
+
+@app.command("import")
+def import_cmd(
+    file: Annotated[Path, typer.Argument(help="result file")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="llama-bench|pytest-benchmark|perfgate")] = "llama-bench",
+    build: Annotated[str | None, typer.Option(help="the build that produced the file")] = None,
+    db: DbOption = None,
+    machine_from_file: Annotated[bool, typer.Option(help="record the machine the file names, not this one")] = False,
+) -> None:
+    """Import foreign results (llama-bench -o json/jsonl, pytest-benchmark JSON, perfgate JSON)."""
+    from bench.importers import import_file
+
+    with open_store(db) as store, store.session() as session:
+        ids = import_file(session, file, fmt, build, machine_here=not machine_from_file)
+    console.print(f"imported {file} as run(s) {', '.join(map(str, ids))}")
+
+
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        app()  # standalone: click reports usage errors itself, with exit code 2
     except PerfgateError as exc:
         sys.stderr.write(f"error: {exc}\n")  # unwrapped: one greppable line per error
         sys.exit(exc.exit_code)
-    except (typer.Exit, SystemExit) as exc:
-        code = exc.exit_code if isinstance(exc, typer.Exit) else exc.code
-        sys.exit(code if isinstance(code, int) else 0)
-    except Exception as exc:  # click's usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise

@@ -74,7 +74,8 @@ _FAILURE_RULES: list[tuple[str, re.Pattern[str]]] = [
             r"invalid magic|not within the file bounds|model is corrupted or incomplete"
             r"|failed to read (key-value|tensor info|the header|magic)|invalid gguf"
             r"|gguf_init_from_\w+: .*(invalid|unsupported) (version|header)"
-            r"|tensor '.*' has (invalid|wrong) (shape|number of elements)|GGUF file version \d+ is (too new|unsupported)"
+            r"|tensor '.*' has (invalid|wrong) (shape|number of elements)"
+            r"|GGUF file version \d+ is (too new|unsupported)"
             r"|unexpectedly reached end of file|gguf_init_from_file_impl: failed to read",
             re.I,
         ),

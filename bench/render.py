@@ -93,3 +93,56 @@ def results_table(frame: pd.DataFrame, title: str) -> Table:
             human_bytes(r.rss_peak_bytes),
         )
     return table
+
+
+def frame_table(frame: pd.DataFrame, title: str) -> Table:
+    table = Table(title=title)
+    for col in frame.columns:
+        table.add_column(str(col), overflow="fold")
+    for row in frame.itertuples(index=False):
+        table.add_row(*["–" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in row])
+    return table
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    def cell(v: Any) -> str:
+        text = "–" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + " --- |" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def fmt_metric(metric: str, value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if metric.endswith("_bytes"):
+        return human_bytes(value)
+    if metric == "load_s":
+        return f"{value:.2f} s"
+    return fmt_ts(value)
+
+
+def compare_display(table: pd.DataFrame) -> pd.DataFrame:
+    """The comparison table with human units, for terminals and markdown."""
+
+    def ratio(r: Any) -> str:
+        if r.ratio is None or math.isnan(r.ratio):
+            return "–"
+        ci = "" if math.isnan(r.ci_low) else f" [{r.ci_low:.3f}, {r.ci_high:.3f}]"
+        return f"{r.ratio:.3f}{ci}"
+
+    return pd.DataFrame(
+        {
+            "model": table["model"],
+            "metric": table["metric"],
+            "baseline": [fmt_metric(m, v) for m, v in zip(table["metric"], table["baseline"], strict=True)],
+            "candidate": [fmt_metric(m, v) for m, v in zip(table["metric"], table["candidate"], strict=True)],
+            "ratio [95% CI]": [ratio(r) for r in table.itertuples()],
+            "p": ["–" if math.isnan(p) else f"{p:.3g}" for p in table["p_value"]],
+            "status (base → cand)": [
+                f"{b} → {c}" for b, c in zip(table["baseline_status"], table["candidate_status"], strict=True)
+            ],
+        }
+    )

@@ -54,7 +54,16 @@ RESULT_COLUMNS = [
 def results_frame(session: Session, run_ids: list[int] | None = None, *, with_samples: bool = True) -> pd.DataFrame:
     """One row per stored result, in the `bench results --format json` contract's columns."""
     stmt = (
-        select(Result, Build.name, Build.identity_sha, Model.name, Machine.hostname, Machine.fingerprint, Run.source)
+        select(
+            Result,
+            Build.name,
+            Build.identity_sha,
+            Model.name,
+            Machine.hostname,
+            Machine.fingerprint,
+            Run.source,
+            Machine.gpu,
+        )
         .join(Build, Result.build_id == Build.id)
         .join(Model, Result.model_id == Model.id)
         .join(Run, Result.run_id == Run.id)
@@ -76,7 +85,7 @@ def results_frame(session: Session, run_ids: list[int] | None = None, *, with_sa
             for rid, test, ns in session.execute(sel):
                 samples[rid][test].append(ns)
     records: list[dict[str, Any]] = []
-    for res, build, build_sha, model, host, fingerprint, source in rows:
+    for res, build, build_sha, model, host, fingerprint, source, gpu in rows:
         rec = {
             c: getattr(res, c)
             for c in (
@@ -114,6 +123,7 @@ def results_frame(session: Session, run_ids: list[int] | None = None, *, with_sa
             model=model,
             machine=host,
             machine_fingerprint=fingerprint,
+            gpu=gpu,
             result_id=res.id,
             source=source,
             samples_pp_ns=samples[res.id]["pp"],
@@ -161,6 +171,12 @@ def runs_frame(session: Session) -> pd.DataFrame:
     frame["ok"] = [per_run[r].count("ok") for r in frame["run_id"]]
     frame["builds"] = [", ".join(s.get("builds", [])) if isinstance(s, dict) else "" for s in frame["settings"]]
     return frame
+
+
+def attach_logs(session: Session, frame: pd.DataFrame) -> pd.DataFrame:
+    ids = [int(i) for i in frame["result_id"]]
+    logs = dict(session.execute(select(ResultLog.result_id, ResultLog.text).where(ResultLog.result_id.in_(ids))).all())
+    return frame.assign(log=[logs.get(i, "") for i in ids])
 
 
 def run_or_latest(session: Session, run_id: int | None) -> int:

@@ -35,11 +35,12 @@ def upsert_machine(session: Session, info: MachineInfo) -> Machine:
 
 
 def upsert_build(session: Session, ident: BuildIdentity, source: str = "perfgate") -> Build:
-    build = session.scalar(select(Build).where(Build.name == ident.name, Build.identity_sha == ident.identity_sha))
+    identity_sha = ident.details.get("identity_key") or ident.identity_sha
+    build = session.scalar(select(Build).where(Build.name == ident.name, Build.identity_sha == identity_sha))
     if build is None:
         build = Build(
             name=ident.name,
-            identity_sha=ident.identity_sha,
+            identity_sha=identity_sha,
             llama_cpp_version=ident.llama_cpp_version,
             system_info=ident.system_info,
             lib_path=ident.lib_path,
@@ -92,8 +93,10 @@ def record_result(
     *,
     rounds_total: int = 1,
     started_at: datetime | None = None,
+    commit: bool = True,
 ) -> Result:
-    """Store (or extend, for interleaved rounds) one result and commit it."""
+    """Store (or extend, for interleaved rounds) one result and commit it (or leave the commit to an
+    importer that writes a whole file in one transaction)."""
     result = session.scalar(
         select(Result).where(Result.run_id == run_id, Result.build_id == build_id, Result.model_id == model_id)
     )
@@ -137,7 +140,10 @@ def record_result(
             result.log.text += f"\n--- round {result.rounds_done} ---\n{m.log}"
     if result.rounds_done >= rounds_total or m.status != "ok":
         result.finished_at = utcnow()
-    session.commit()
+    if commit:
+        session.commit()
+    else:
+        session.flush()
     return result
 
 

@@ -1,0 +1,182 @@
+"""Two builds side by side: ratios with bootstrap confidence intervals and Mann-Whitney U tests.
+
+The statistics come from scipy; the tables are pandas. The dashboard and the gate both call here,
+so a number means the same thing everywhere it is shown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bench.errors import StoreError
+from bench.metrics import tokens_per_s
+from bench.store.models import Build, Machine, Result, Run
+from bench.store.queries import results_frame
+
+# metric → (column, samples column or None, higher is better)
+METRICS: dict[str, tuple[str, str | None, bool]] = {
+    "pp_ts": ("pp_ts", "samples_pp_ns", True),
+    "tg_ts": ("tg_ts", "samples_tg_ns", True),
+    "load_s": ("load_s", None, False),
+    "rss_peak_bytes": ("rss_peak_bytes", None, False),
+}
+BOOTSTRAP_RESAMPLES = 2000
+COMPARE_COLUMNS = [
+    "model",
+    "metric",
+    "baseline",
+    "candidate",
+    "ratio",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "n_baseline",
+    "n_candidate",
+    "baseline_status",
+    "candidate_status",
+    "candidate_reason",
+]
+
+
+@dataclass(frozen=True)
+class Side:
+    """One build in one run: what a comparison compares."""
+
+    build: str
+    run_id: int
+    machine_fingerprint: str
+    machine: str
+
+
+@dataclass(frozen=True)
+class Comparison:
+    baseline: Side
+    candidate: Side
+    cross_machine: bool
+    table: pd.DataFrame
+
+
+def parse_ref(ref: str) -> tuple[str, int | None]:
+    """ "BUILD" or "BUILD@RUN"."""
+    name, _, run = ref.partition("@")
+    if not name:
+        raise StoreError(f"{ref!r}: expected BUILD or BUILD@RUN")
+    if run and not run.isdigit():
+        raise StoreError(f"{ref!r}: the run after '@' must be a number")
+    return name, int(run) if run else None
+
+
+def resolve_side(session: Session, ref: str, *, machine_fingerprint: str | None = None) -> Side:
+    name, run_id = parse_ref(ref)
+    stmt = (
+        select(Run.id, Machine.fingerprint, Machine.hostname)
+        .join(Result, Result.run_id == Run.id)
+        .join(Build, Result.build_id == Build.id)
+        .join(Machine, Run.machine_id == Machine.id)
+        .where(Build.name == name)
+    )
+    if run_id is not None:
+        stmt = stmt.where(Run.id == run_id)
+    elif machine_fingerprint is not None:
+        same = session.execute(
+            stmt.where(Machine.fingerprint == machine_fingerprint).order_by(Run.id.desc()).limit(1)
+        ).first()
+        if same is not None:
+            return Side(name, same[0], same[1], same[2])
+    row = session.execute(stmt.order_by(Run.id.desc()).limit(1)).first()
+    if row is None:
+        where = f" in run {run_id}" if run_id is not None else ""
+        raise StoreError(f"no results for build {name!r}{where}")
+    return Side(name, row[0], row[1], row[2])
+
+
+def ratio_ci(base: np.ndarray, cand: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap CI of mean(cand)/mean(base), resampling each side independently."""
+    if len(base) < 2 or len(cand) < 2:
+        return float("nan"), float("nan")
+    res = stats.bootstrap(
+        (cand, base),
+        lambda c, b, axis: np.mean(c, axis=axis) / np.mean(b, axis=axis),
+        n_resamples=BOOTSTRAP_RESAMPLES,
+        confidence_level=0.95,
+        method="percentile",
+        vectorized=True,
+        paired=False,
+        rng=np.random.default_rng(seed),
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def mann_whitney_p(base: np.ndarray, cand: np.ndarray) -> float:
+    if len(base) < 2 or len(cand) < 2:
+        return float("nan")
+    if np.ptp(np.concatenate([base, cand])) == 0:
+        return 1.0
+    return float(stats.mannwhitneyu(cand, base, alternative="two-sided").pvalue)
+
+
+def metric_values(row: pd.Series, metric: str) -> np.ndarray:
+    col, samples_col, _ = METRICS[metric]
+    if samples_col is not None:
+        n_tokens = row["n_prompt"] if metric == "pp_ts" else row["n_gen"]
+        return np.array(tokens_per_s(list(row[samples_col] or []), int(n_tokens)))
+    value = row[col]
+    return np.array([] if value is None or pd.isna(value) else [float(value)])
+
+
+def compare_frames(
+    base: pd.DataFrame, cand: pd.DataFrame, metrics: tuple[str, ...] = tuple(METRICS), ci: bool = True
+) -> pd.DataFrame:
+    """Per model × metric: baseline/candidate means, ratio, CI and p-value."""
+    rows = []
+    b_by_model, c_by_model = base.set_index("model"), cand.set_index("model")
+    for model in list(dict.fromkeys([*base["model"], *cand["model"]])):
+        b = b_by_model.loc[model] if model in b_by_model.index else None
+        c = c_by_model.loc[model] if model in c_by_model.index else None
+        for metric in metrics:
+            bv = metric_values(b, metric) if b is not None and b["status"] == "ok" else np.array([])
+            cv = metric_values(c, metric) if c is not None and c["status"] == "ok" else np.array([])
+            bm, cm = (float(np.mean(bv)) if len(bv) else np.nan), (float(np.mean(cv)) if len(cv) else np.nan)
+            low, high = ratio_ci(bv, cv) if ci and len(bv) and len(cv) else (np.nan, np.nan)
+            rows.append(
+                {
+                    "model": model,
+                    "metric": metric,
+                    "baseline": bm,
+                    "candidate": cm,
+                    "ratio": cm / bm if bm and not np.isnan(bm) and not np.isnan(cm) else np.nan,
+                    "ci_low": low,
+                    "ci_high": high,
+                    "p_value": mann_whitney_p(bv, cv),
+                    "n_baseline": len(bv),
+                    "n_candidate": len(cv),
+                    "baseline_status": None if b is None else b["status"],
+                    "candidate_status": "missing" if c is None else c["status"],
+                    "candidate_reason": None if c is None else c["reason"],
+                }
+            )
+    return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
+
+
+def compare(
+    session: Session, baseline_ref: str, candidate_ref: str, *, allow_cross_machine: bool = False, ci: bool = True
+) -> Comparison:
+    candidate = resolve_side(session, candidate_ref)
+    baseline = resolve_side(session, baseline_ref, machine_fingerprint=candidate.machine_fingerprint)
+    cross = baseline.machine_fingerprint != candidate.machine_fingerprint
+    if cross and not allow_cross_machine:
+        raise StoreError(
+            f"baseline {baseline.build}@{baseline.run_id} ran on {baseline.machine} "
+            f"({baseline.machine_fingerprint}) but candidate {candidate.build}@{candidate.run_id} ran on "
+            f"{candidate.machine} ({candidate.machine_fingerprint}); pass --allow-cross-machine to compare anyway"
+        )
+    frames = results_frame(session, sorted({baseline.run_id, candidate.run_id}))
+    base = frames[(frames["run_id"] == baseline.run_id) & (frames["build"] == baseline.build)]
+    cand = frames[(frames["run_id"] == candidate.run_id) & (frames["build"] == candidate.build)]
+    return Comparison(baseline, candidate, cross, compare_frames(base, cand, ci=ci))

@@ -1,0 +1,163 @@
+"""The release verdict: every model that loaded before still loads ok, and no metric regressed
+beyond its threshold with statistical significance."""
+
+from __future__ import annotations
+
+import math
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from bench.compare import METRICS, Comparison
+
+
+@dataclass(frozen=True)
+class Check:
+    model: str
+    metric: str  # a METRICS key, or "load" for the load status
+    passed: bool
+    message: str
+    ratio: float | None = None
+    change_pct: float | None = None
+    threshold_pct: float | None = None
+    p_value: float | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    comparison: Comparison
+    checks: list[Check]
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+
+def _nan(x: float | None) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def evaluate(
+    comparison: Comparison,
+    thresholds_for: dict[str, dict[str, float]] | None = None,
+    default_thresholds: dict[str, float] | None = None,
+    alpha: float = 0.05,
+) -> Verdict:
+    """Judge a comparison. Thresholds are percent changes: negative for t/s, positive for costs."""
+    table = comparison.table
+    checks: list[Check] = []
+    defaults = default_thresholds or {}
+    for model, rows in table.groupby("model", sort=False):
+        first = rows.iloc[0]
+        base_status, cand_status = first["baseline_status"], first["candidate_status"]
+        if base_status == "ok" and cand_status != "ok":
+            reason = first["candidate_reason"] or "not measured for the candidate"
+            checks.append(
+                Check(str(model), "load", False, f"loaded ok on the baseline; candidate is {cand_status}: {reason}")
+            )
+            continue
+        if base_status != "ok":
+            checks.append(
+                Check(
+                    str(model),
+                    "load",
+                    True,
+                    f"baseline status {base_status}: nothing to hold the candidate to (candidate {cand_status})",
+                )
+            )
+            continue
+        checks.append(Check(str(model), "load", True, "ok on both"))
+        limits = {**defaults, **(thresholds_for or {}).get(str(model), {})}
+        for row in rows.itertuples():
+            metric = str(row.metric)
+            threshold = limits.get(metric)
+            if threshold is None:
+                continue
+            checks.append(_judge(str(model), metric, row, threshold, alpha))
+    return Verdict(comparison, checks)
+
+
+def _judge(model: str, metric: str, row: object, threshold: float, alpha: float) -> Check:
+    ratio, p_value = row.ratio, row.p_value
+    if _nan(ratio):
+        return Check(model, metric, True, "no data on one side", threshold_pct=threshold)
+    change = (ratio - 1.0) * 100.0
+    higher_better = METRICS[metric][2]
+    beyond = change < threshold if higher_better else change > threshold
+    sampled = not _nan(p_value)
+    significant = p_value < alpha if sampled else True  # single values (memory) are exact: threshold only
+    ci = f", 95% CI [{row.ci_low:.3f}, {row.ci_high:.3f}]" if not _nan(row.ci_low) else ""  # type: ignore[attr-defined]
+    stat = f", p={p_value:.3g}" if sampled else " (single value)"
+    msg = f"{change:+.1f}% (ratio {ratio:.3f}{ci}{stat}); threshold {threshold:+g}%"
+    failed = beyond and significant
+    if beyond and not significant:
+        msg += ": beyond threshold but not significant"
+    return Check(
+        model,
+        metric,
+        not failed,
+        ("REGRESSION " if failed else "") + msg,
+        ratio,
+        change,
+        threshold,
+        None if not sampled else p_value,
+    )
+
+
+def markdown(verdict: Verdict) -> str:
+    cmp = verdict.comparison
+    head = "PASS" if verdict.passed else "FAIL"
+    lines = [
+        f"## perfgate: {head} — {cmp.candidate.build}@{cmp.candidate.run_id} vs "
+        f"{cmp.baseline.build}@{cmp.baseline.run_id}",
+        "",
+    ]
+    if cmp.cross_machine:
+        lines += [f"> **cross-machine comparison**: {cmp.baseline.machine} vs {cmp.candidate.machine}", ""]
+    if verdict.failures:
+        lines += ["### Failures", ""] + [f"- **{c.model}** `{c.metric}`: {_md(c.message)}" for c in verdict.failures]
+        lines.append("")
+    lines += ["| model | check | result | detail |", "| --- | --- | --- | --- |"]
+    lines += [
+        f"| {_md(c.model)} | {c.metric} | {'pass' if c.passed else '**FAIL**'} | {_md(c.message)} |"
+        for c in verdict.checks
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def junit(verdict: Verdict, path: Path) -> None:
+    suite = ET.Element(
+        "testsuite", name="perfgate", tests=str(len(verdict.checks)), failures=str(len(verdict.failures))
+    )
+    for c in verdict.checks:
+        case = ET.SubElement(suite, "testcase", classname=f"perfgate.{c.model}", name=c.metric)
+        if not c.passed:
+            ET.SubElement(case, "failure", message=c.message).text = c.message
+        else:
+            ET.SubElement(case, "system-out").text = c.message
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def write_step_summary(text: str) -> Path | None:
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not target:
+        return None
+    with open(target, "a", encoding="utf-8") as fh:
+        fh.write(text)
+    return Path(target)
+
+
+def checks_frame(verdict: Verdict) -> pd.DataFrame:
+    return pd.DataFrame([c.__dict__ for c in verdict.checks])

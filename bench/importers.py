@@ -1,0 +1,299 @@
+"""Foreign results into the store: llama-bench `-o json|jsonl`, pytest-benchmark JSON, and perfgate's
+own `bench results --format json` (how committed GPU results reach a machine without a GPU).
+
+Each file is imported in one transaction: a bad file leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from bench import machine as machine_mod
+from bench.builds import BuildIdentity
+from bench.errors import ImportFormatError
+from bench.machine import MachineInfo
+from bench.store.models import Machine, Run, utcnow
+from bench.store.records import Measurement, record_result, upsert_build, upsert_machine, upsert_model
+
+FORMATS = ("llama-bench", "pytest-benchmark", "perfgate")
+
+
+def _load_json_or_jsonl(path: Path) -> Any:
+    text = path.read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as first:
+        rows = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                if lineno == 1:
+                    raise ImportFormatError(f"{path}:{first.lineno}: not JSON or JSONL: {first.msg}") from exc
+                raise ImportFormatError(f"{path}:{lineno}: invalid JSONL line: {exc.msg}") from exc
+        return rows
+
+
+def _require(entry: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
+    missing = [k for k in keys if k not in entry]
+    if missing:
+        raise ImportFormatError(f"{where}: missing field(s) {', '.join(missing)}")
+
+
+def _machine(session: Session, here: bool, cpu: str, gpu: str | None, host: str) -> Machine:
+    if here:
+        return upsert_machine(session, machine_mod.collect())
+    info = MachineInfo(
+        hostname=host,
+        os="unknown",
+        arch="unknown",
+        cpu=cpu,
+        gpu=gpu or None,
+        host_mem_bytes=None,
+        device_budget_bytes=None,
+        gpu_kind=None,
+    )
+    return upsert_machine(session, info)
+
+
+def import_llama_bench(session: Session, path: Path, build_name: str, *, machine_here: bool = True) -> int:
+    data = _load_json_or_jsonl(path)
+    if not isinstance(data, list) or not data:
+        raise ImportFormatError(f"{path}: expected llama-bench output (a JSON array or JSONL of tests)")
+    per_model: dict[str, dict[str, Any]] = defaultdict(dict)
+    for i, entry in enumerate(data, 1):
+        _require(entry, ("model_filename", "n_prompt", "n_gen", "samples_ns", "build_commit"), f"{path}: test {i}")
+        test = "tg" if entry["n_gen"] > 0 else "pp"
+        per_model[Path(entry["model_filename"]).stem][test] = entry
+    first = data[0]
+    machine = _machine(session, machine_here, first.get("cpu_info", ""), first.get("gpu_info"), "llama-bench")
+    ident = BuildIdentity(
+        build_name,
+        True,
+        llama_cpp_version=f"llama.cpp b{first.get('build_number')}",
+        system_info=first.get("backends"),
+        lib_path=None,
+        lib_sha256=None,
+        ggml_sha256=None,
+        python=None,
+        details={"build_commit": first["build_commit"], "tool": "llama-bench"},
+    )
+    build = upsert_build(session, _with_sha(ident, first["build_commit"] + str(first.get("backends"))), "llama-bench")
+    started = _parse_time(first.get("test_time"))
+    run = Run(
+        machine_id=machine.id,
+        source="llama-bench",
+        status="complete",
+        started_at=started,
+        finished_at=started,
+        settings={"file": str(path), "builds": [build_name]},
+    )
+    session.add(run)
+    session.flush()
+    for name, tests in per_model.items():
+        pp, tg = tests.get("pp", {}), tests.get("tg", {})
+        any_test = pp or tg
+        model = upsert_model(
+            session,
+            name,
+            any_test["model_filename"],
+            any_test.get("model_size"),
+            None,
+            {"model_type": any_test.get("model_type"), "n_params": any_test.get("model_n_params")},
+        )
+        gpu = any_test.get("n_gpu_layers", 0) != 0 and any_test.get("backends", "CPU") != "CPU"
+        m = Measurement(
+            "ok",
+            "imported from llama-bench",
+            pp.get("n_prompt", 0),
+            tg.get("n_gen", 0),
+            samples_pp_ns=pp.get("samples_ns", []),
+            samples_tg_ns=tg.get("samples_ns", []),
+            fields={
+                "backend": any_test.get("backends"),
+                "model_bytes": any_test.get("model_size"),
+                "layers_offloaded": None if not gpu else any_test.get("n_gpu_layers"),
+            },
+        )
+        record_result(session, run.id, build.id, model.id, m, rounds_total=1, commit=False)
+    return run.id
+
+
+def _with_sha(ident: BuildIdentity, key: str) -> BuildIdentity:
+    ident.details["identity_key"] = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return ident
+
+
+def _parse_time(text: str | None) -> datetime:
+    if not text:
+        return utcnow()
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00")).replace(tzinfo=None)
+    except ValueError:
+        return utcnow()
+
+
+def import_pytest_benchmark(session: Session, path: Path, build_name: str, *, machine_here: bool = True) -> int:
+    """pytest-benchmark JSON. `extra_info` {"model", "test": pp|tg, "n_tokens"} maps a benchmark onto a
+    model's pp/tg; without it each benchmark is a model and calls/s its tg figure. Needs --benchmark-save-data
+    (stats.data) for the samples."""
+    data = _load_json_or_jsonl(path)
+    if not isinstance(data, dict) or "benchmarks" not in data:
+        raise ImportFormatError(f"{path}: expected pytest-benchmark JSON with a 'benchmarks' list")
+    mi = data.get("machine_info", {})
+    cpu = mi.get("cpu", {}).get("brand_raw", "") if isinstance(mi.get("cpu"), dict) else str(mi.get("cpu", ""))
+    machine = _machine(session, machine_here, cpu, None, mi.get("node", "pytest-benchmark"))
+    commit = data.get("commit_info", {}).get("id") or "unknown"
+    ident = _with_sha(BuildIdentity(build_name, True, details={"commit": commit, "tool": "pytest-benchmark"}), commit)
+    build = upsert_build(session, ident, "pytest-benchmark")
+    run = Run(
+        machine_id=machine.id,
+        source="pytest-benchmark",
+        status="complete",
+        started_at=_parse_time(data.get("datetime")),
+        settings={"file": str(path), "builds": [build_name]},
+    )
+    session.add(run)
+    session.flush()
+    per_model: dict[str, dict[str, tuple[list[int], int]]] = defaultdict(dict)
+    for i, bm in enumerate(data["benchmarks"], 1):
+        _require(bm, ("name", "stats"), f"{path}: benchmark {i}")
+        seconds = bm["stats"].get("data")
+        if not seconds:
+            raise ImportFormatError(
+                f"{path}: benchmark {bm['name']!r} has no stats.data (run pytest with --benchmark-save-data)"
+            )
+        extra = bm.get("extra_info") or {}
+        test = extra.get("test", "tg")
+        if test not in ("pp", "tg"):
+            raise ImportFormatError(f"{path}: benchmark {bm['name']!r}: extra_info.test must be pp or tg")
+        per_model[extra.get("model", bm["name"])][test] = (
+            [int(s * 1e9) for s in seconds],
+            int(extra.get("n_tokens", 1)),
+        )
+    for name, tests in per_model.items():
+        model = upsert_model(session, name, f"pytest-benchmark:{name}", None, None, {})
+        pp, tg = tests.get("pp", ([], 0)), tests.get("tg", ([], 0))
+        m = Measurement("ok", "imported from pytest-benchmark", pp[1], tg[1], samples_pp_ns=pp[0], samples_tg_ns=tg[0])
+        record_result(session, run.id, build.id, model.id, m, rounds_total=1, commit=False)
+    return run.id
+
+
+def import_perfgate(session: Session, path: Path) -> list[int]:
+    """perfgate's own results JSON, with its machines, builds and runs as they were recorded."""
+    rows = _load_json_or_jsonl(path)
+    if not isinstance(rows, list):
+        raise ImportFormatError(f"{path}: expected the output of `bench results --format json`")
+    runs: dict[tuple[str, int], Run] = {}
+    for i, r in enumerate(rows, 1):
+        _require(
+            r, ("run_id", "build", "model", "status", "n_prompt", "n_gen", "machine_fingerprint"), f"{path}: result {i}"
+        )
+        key = (r["machine_fingerprint"], r["run_id"])
+        if key not in runs:
+            machine = session.query(Machine).filter_by(fingerprint=r["machine_fingerprint"]).one_or_none()
+            if machine is None:
+                machine = Machine(
+                    fingerprint=r["machine_fingerprint"],
+                    hostname=r.get("machine") or "imported",
+                    os="imported",
+                    arch="imported",
+                    cpu=r.get("cpu") or "imported",
+                    gpu=r.get("gpu"),
+                    host_mem_bytes=None,
+                    device_budget_bytes=r.get("device_budget_bytes"),
+                    details={"imported_from": str(path)},
+                )
+                session.add(machine)
+                session.flush()
+            run = Run(
+                machine_id=machine.id,
+                source=r.get("source") or "perfgate",
+                status="complete",
+                started_at=_parse_time(r.get("started_at")),
+                settings={"file": str(path), "original_run_id": r["run_id"], "builds": []},
+            )
+            session.add(run)
+            session.flush()
+            runs[key] = run
+        run = runs[key]
+        if r["build"] not in run.settings["builds"]:
+            run.settings = {**run.settings, "builds": [*run.settings["builds"], r["build"]]}
+        ident = BuildIdentity(r["build"], True, details={"imported_from": str(path)})
+        ident.details["identity_key"] = r.get("build_sha") or r["build"]
+        build = upsert_build(session, ident, "perfgate-import")
+        model = upsert_model(session, r["model"], r.get("model_path") or r["model"], r.get("model_bytes"), None, {})
+        fields = {
+            k: r.get(k)
+            for k in (
+                "load_s",
+                "layers_offloaded",
+                "layers_total",
+                "backend",
+                "model_bytes",
+                "model_buf_bytes",
+                "kv_bytes",
+                "compute_bytes",
+                "rss_peak_bytes",
+                "gpu_used_bytes",
+                "device_budget_bytes",
+                "exit_code",
+                "signal",
+            )
+        }
+        m = Measurement(
+            r["status"],
+            r.get("reason") or "",
+            r["n_prompt"],
+            r["n_gen"],
+            samples_pp_ns=r.get("samples_pp_ns") or [],
+            samples_tg_ns=r.get("samples_tg_ns") or [],
+            log=r.get("log") or "",
+            fields=fields,
+            memory=r.get("memory") or {},
+        )
+        record_result(
+            session,
+            run.id,
+            build.id,
+            model.id,
+            m,
+            rounds_total=1,
+            commit=False,
+            started_at=_parse_time(r.get("started_at")),
+        )
+    return sorted(run.id for run in runs.values())
+
+
+def import_file(
+    session: Session, path: Path, fmt: str, build_name: str | None, *, machine_here: bool = True
+) -> list[int]:
+    if not path.exists():
+        raise ImportFormatError(f"{path}: no such file")
+    if fmt not in FORMATS:
+        raise ImportFormatError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    try:
+        if fmt == "perfgate":
+            ids = import_perfgate(session, path)
+        else:
+            if not build_name:
+                raise ImportFormatError(f"--build: name the build that produced {path}")
+            importer = import_llama_bench if fmt == "llama-bench" else import_pytest_benchmark
+            ids = [importer(session, path, build_name, machine_here=machine_here)]
+        session.commit()
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        session.rollback()
+        raise ImportFormatError(f"{path}: not valid {fmt} output: {exc!r}") from exc
+    except BaseException:
+        session.rollback()
+        raise
+    return ids
