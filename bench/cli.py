@@ -15,7 +15,7 @@ from bench.config import DEFAULT_CONFIG, load_config
 from bench.diagnose import classify
 from bench.errors import ConfigError, PerfgateError
 from bench.store.db import open_store
-from bench.store.queries import results_frame, run_or_latest, runs_frame
+from bench.store.queries import attach_logs, results_frame, run_or_latest, runs_frame
 from bench.synth import SynthSpec, synthesize
 
 app = typer.Typer(
@@ -73,12 +73,15 @@ def results(
     run_id: Annotated[int | None, typer.Option("--run", help="run id (default: latest)")] = None,
     all_runs: Annotated[bool, typer.Option("--all", help="every run")] = False,
     fmt: FormatOption = "table",
+    logs: Annotated[bool, typer.Option("--logs", help="include each result's load log (json/csv)")] = False,
 ) -> None:
     """Show stored results."""
     _check_format(fmt, ("table", "json", "csv"))
     with open_store(db) as store, store.session() as session:
         ids = None if all_runs else [run_or_latest(session, run_id)]
         frame = results_frame(session, ids)
+        if logs:
+            frame = attach_logs(session, frame)
     if fmt == "json":
         sys.stdout.write(render.to_json(frame) + "\n")
     elif fmt == "csv":
@@ -145,9 +148,8 @@ def compare_cmd(
     _check_format(fmt, ("table", "json", "markdown", "csv"))
     with open_store(db) as store, store.session() as session:
         result = compare(session, baseline, candidate, allow_cross_machine=allow_cross_machine)
-    title = (
-        f"{result.candidate.build}@{result.candidate.run_id} vs {result.baseline.build}@{result.baseline.run_id}"
-        + (" [CROSS-MACHINE]" if result.cross_machine else "")
+    title = f"{result.candidate.label} vs {result.baseline.label}" + (
+        " [CROSS-MACHINE]" if result.cross_machine else ""
     )
     if fmt == "json":
         payload = {
@@ -217,7 +219,7 @@ def import_cmd(
 
     with open_store(db) as store, store.session() as session:
         ids = import_file(session, file, fmt, build, machine_here=not machine_from_file)
-    console.print(f"imported {file} as run(s) {', '.join(map(str, ids))}")
+    console.print(f"imported {file} as run(s) {', '.join(map(str, ids))}" if ids else f"{file}: already imported")
 
 
 def main() -> None:

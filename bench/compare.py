@@ -46,12 +46,21 @@ COMPARE_COLUMNS = [
 
 @dataclass(frozen=True)
 class Side:
-    """One build in one run: what a comparison compares."""
+    """One build's results: from one run (BUILD@RUN), or the latest result per model on one machine."""
 
     build: str
-    run_id: int
+    result_ids: tuple[int, ...]
+    run_ids: tuple[int, ...]
     machine_fingerprint: str
     machine: str
+
+    @property
+    def run_id(self) -> int:
+        return max(self.run_ids)
+
+    @property
+    def label(self) -> str:
+        return f"{self.build}@{','.join(map(str, self.run_ids))}"
 
 
 @dataclass(frozen=True)
@@ -73,27 +82,38 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
 
 
 def resolve_side(session: Session, ref: str, *, machine_fingerprint: str | None = None) -> Side:
+    """BUILD@RUN: that run. BUILD: the newest result for each model on one machine (the given one when the
+    build ran there, else the machine of its newest run), so a ladder measured size by size compares whole."""
     name, run_id = parse_ref(ref)
     stmt = (
-        select(Run.id, Machine.fingerprint, Machine.hostname)
-        .join(Result, Result.run_id == Run.id)
+        select(Result.id, Result.model_id, Run.id, Machine.fingerprint, Machine.hostname)
+        .join(Run, Result.run_id == Run.id)
         .join(Build, Result.build_id == Build.id)
         .join(Machine, Run.machine_id == Machine.id)
         .where(Build.name == name)
+        .order_by(Run.id.desc(), Result.id.desc())
     )
     if run_id is not None:
         stmt = stmt.where(Run.id == run_id)
-    elif machine_fingerprint is not None:
-        same = session.execute(
-            stmt.where(Machine.fingerprint == machine_fingerprint).order_by(Run.id.desc()).limit(1)
-        ).first()
-        if same is not None:
-            return Side(name, same[0], same[1], same[2])
-    row = session.execute(stmt.order_by(Run.id.desc()).limit(1)).first()
-    if row is None:
+    rows = session.execute(stmt).all()
+    if not rows:
         where = f" in run {run_id}" if run_id is not None else ""
         raise StoreError(f"no results for build {name!r}{where}")
-    return Side(name, row[0], row[1], row[2])
+    fingerprints = {r[3] for r in rows}
+    fingerprint = machine_fingerprint if machine_fingerprint in fingerprints else rows[0][3]
+    chosen: dict[int, tuple[int, int]] = {}
+    host = ""
+    for result_id, model_id, rid, fp, hostname in rows:
+        if fp == fingerprint and model_id not in chosen:
+            chosen[model_id] = (result_id, rid)
+            host = hostname
+    return Side(
+        name,
+        tuple(sorted(r for r, _ in chosen.values())),
+        tuple(sorted({rid for _, rid in chosen.values()})),
+        fingerprint,
+        host,
+    )
 
 
 def ratio_ci(base: np.ndarray, cand: np.ndarray, seed: int = 0) -> tuple[float, float]:
@@ -172,11 +192,11 @@ def compare(
     cross = baseline.machine_fingerprint != candidate.machine_fingerprint
     if cross and not allow_cross_machine:
         raise StoreError(
-            f"baseline {baseline.build}@{baseline.run_id} ran on {baseline.machine} "
-            f"({baseline.machine_fingerprint}) but candidate {candidate.build}@{candidate.run_id} ran on "
+            f"baseline {baseline.label} ran on {baseline.machine} "
+            f"({baseline.machine_fingerprint}) but candidate {candidate.label} ran on "
             f"{candidate.machine} ({candidate.machine_fingerprint}); pass --allow-cross-machine to compare anyway"
         )
-    frames = results_frame(session, sorted({baseline.run_id, candidate.run_id}))
-    base = frames[(frames["run_id"] == baseline.run_id) & (frames["build"] == baseline.build)]
-    cand = frames[(frames["run_id"] == candidate.run_id) & (frames["build"] == candidate.build)]
+    frames = results_frame(session, sorted({*baseline.run_ids, *candidate.run_ids}))
+    base = frames[frames["result_id"].isin(baseline.result_ids)]
+    cand = frames[frames["result_id"].isin(candidate.result_ids)]
     return Comparison(baseline, candidate, cross, compare_frames(base, cand, ci=ci))

@@ -109,7 +109,7 @@ _CRASH_DETAIL = re.compile(r"GGML_ASSERT\(.*\) failed|CUDA error: .+|no kernel i
 _LOAD_FAILED = re.compile(r"failed to load model|error loading model|Failed to load model|could not load", re.I)
 _OFFLOADED = re.compile(r"offloaded (\d+)/(\d+) layers to GPU")
 _BUFFER = re.compile(
-    r"(?P<dev>[A-Za-z][\w]*?)(?:_Mapped|_REPACK|_Host|_Private|_Shared)?\s+(?P<kind>model |KV |compute |)"
+    r"(?P<dev>[A-Za-z][\w]*?)(?:_Mapped|_REPACK|_Private|_Shared)?\s+(?P<kind>model |KV |compute |)"
     r"buffer size\s*=\s*(?P<mib>[\d.]+) MiB"
 )
 _WORKING_SET = re.compile(r"recommendedMaxWorkingSetSize\s*=\s*([\d.]+) MB")
@@ -181,7 +181,7 @@ def parse_memory(lines: list[str]) -> dict[str, Any]:
 
 def _is_mapped_variant(line: str, dev: str) -> bool:
     # CPU_Mapped and CPU_REPACK are two buffers of one device: they add up
-    return bool(re.search(rf"{dev}_(Mapped|REPACK|Host)", line))
+    return bool(re.search(rf"{dev}_(Mapped|REPACK)", line))
 
 
 def gpu_devices(memory: dict[str, Any]) -> list[str]:

@@ -8,6 +8,7 @@ import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -84,7 +85,7 @@ def evaluate(
     return Verdict(comparison, checks)
 
 
-def _judge(model: str, metric: str, row: object, threshold: float, alpha: float) -> Check:
+def _judge(model: str, metric: str, row: Any, threshold: float, alpha: float) -> Check:
     ratio, p_value = row.ratio, row.p_value
     if _nan(ratio):
         return Check(model, metric, True, "no data on one side", threshold_pct=threshold)
@@ -92,13 +93,14 @@ def _judge(model: str, metric: str, row: object, threshold: float, alpha: float)
     higher_better = METRICS[metric][2]
     beyond = change < threshold if higher_better else change > threshold
     sampled = not _nan(p_value)
-    significant = p_value < alpha if sampled else True  # single values (memory) are exact: threshold only
+    # single values: memory is near-exact, so the threshold alone decides; one load time proves nothing
+    significant = p_value < alpha if sampled else metric != "load_s"
     ci = f", 95% CI [{row.ci_low:.3f}, {row.ci_high:.3f}]" if not _nan(row.ci_low) else ""  # type: ignore[attr-defined]
     stat = f", p={p_value:.3g}" if sampled else " (single value)"
     msg = f"{change:+.1f}% (ratio {ratio:.3f}{ci}{stat}); threshold {threshold:+g}%"
     failed = beyond and significant
     if beyond and not significant:
-        msg += ": beyond threshold but not significant"
+        msg += ": beyond threshold but not significant" if sampled else ": beyond threshold, one sample: not gated"
     return Check(
         model,
         metric,
@@ -115,8 +117,7 @@ def markdown(verdict: Verdict) -> str:
     cmp = verdict.comparison
     head = "PASS" if verdict.passed else "FAIL"
     lines = [
-        f"## perfgate: {head} — {cmp.candidate.build}@{cmp.candidate.run_id} vs "
-        f"{cmp.baseline.build}@{cmp.baseline.run_id}",
+        f"## perfgate: {head} — {cmp.candidate.label} vs {cmp.baseline.label}",
         "",
     ]
     if cmp.cross_machine:

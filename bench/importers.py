@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bench import machine as machine_mod
@@ -23,6 +24,18 @@ from bench.store.models import Machine, Run, utcnow
 from bench.store.records import Measurement, record_result, upsert_build, upsert_machine, upsert_model
 
 FORMATS = ("llama-bench", "pytest-benchmark", "perfgate")
+_INT_FIELDS = (
+    "layers_offloaded",
+    "layers_total",
+    "model_bytes",
+    "model_buf_bytes",
+    "kv_bytes",
+    "compute_bytes",
+    "rss_peak_bytes",
+    "gpu_used_bytes",
+    "device_budget_bytes",
+    "exit_code",
+)
 
 
 def _load_json_or_jsonl(path: Path) -> Any:
@@ -194,6 +207,7 @@ def import_perfgate(session: Session, path: Path) -> list[int]:
     if not isinstance(rows, list):
         raise ImportFormatError(f"{path}: expected the output of `bench results --format json`")
     runs: dict[tuple[str, int], Run] = {}
+    skipped: set[tuple[str, int]] = set()
     for i, r in enumerate(rows, 1):
         _require(
             r, ("run_id", "build", "model", "status", "n_prompt", "n_gen", "machine_fingerprint"), f"{path}: result {i}"
@@ -215,16 +229,25 @@ def import_perfgate(session: Session, path: Path) -> list[int]:
                 )
                 session.add(machine)
                 session.flush()
+            import_key = hashlib.sha256(f"{key}|{r.get('started_at')}|{r['build']}|{r['model']}".encode()).hexdigest()
+            if import_key in {
+                run.settings.get("import_key")
+                for run in session.scalars(select(Run).where(Run.machine_id == machine.id))
+            }:
+                skipped.add(key)  # imported before: importing a file twice must not double its runs
             run = Run(
                 machine_id=machine.id,
                 source=r.get("source") or "perfgate",
                 status="complete",
                 started_at=_parse_time(r.get("started_at")),
-                settings={"file": str(path), "original_run_id": r["run_id"], "builds": []},
+                settings={"file": str(path), "original_run_id": r["run_id"], "builds": [], "import_key": import_key},
             )
-            session.add(run)
-            session.flush()
+            if key not in skipped:
+                session.add(run)
+                session.flush()
             runs[key] = run
+        if key in skipped:
+            continue
         run = runs[key]
         if r["build"] not in run.settings["builds"]:
             run.settings = {**run.settings, "builds": [*run.settings["builds"], r["build"]]}
@@ -232,24 +255,9 @@ def import_perfgate(session: Session, path: Path) -> list[int]:
         ident.details["identity_key"] = r.get("build_sha") or r["build"]
         build = upsert_build(session, ident, "perfgate-import")
         model = upsert_model(session, r["model"], r.get("model_path") or r["model"], r.get("model_bytes"), None, {})
-        fields = {
-            k: r.get(k)
-            for k in (
-                "load_s",
-                "layers_offloaded",
-                "layers_total",
-                "backend",
-                "model_bytes",
-                "model_buf_bytes",
-                "kv_bytes",
-                "compute_bytes",
-                "rss_peak_bytes",
-                "gpu_used_bytes",
-                "device_budget_bytes",
-                "exit_code",
-                "signal",
-            )
-        }
+        fields: dict[str, Any] = {k: r.get(k) for k in ("load_s", "backend", "signal")}
+        # JSON writers may have turned integers into floats (33.0): the store's columns are integers
+        fields.update({k: None if r.get(k) is None else int(r[k]) for k in _INT_FIELDS})
         m = Measurement(
             r["status"],
             r.get("reason") or "",
@@ -271,7 +279,7 @@ def import_perfgate(session: Session, path: Path) -> list[int]:
             commit=False,
             started_at=_parse_time(r.get("started_at")),
         )
-    return sorted(run.id for run in runs.values())
+    return sorted(run.id for key, run in runs.items() if key not in skipped)
 
 
 def import_file(

@@ -14,6 +14,8 @@ FORMATS = ("table", "json", "csv", "markdown")
 
 
 def _plain(value: Any) -> Any:
+    if value is pd.NA:
+        return None
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, float) and math.isnan(value):

@@ -94,9 +94,12 @@ measure() {
 }
 
 report() {
-  for f in "$S"/llama-bench-*.json; do
-    [ -s "$f" ] && bench import "$f" --format llama-bench --build llama-bench-good --db "$S/gpu.sqlite"
-  done
+  if [ ! -f "$S/imported" ]; then  # once: a second report must not import twice
+    for f in "$S"/llama-bench-*.json; do
+      [ -s "$f" ] && bench import "$f" --format llama-bench --build llama-bench-good --db "$S/gpu.sqlite"
+    done
+    touch "$S/imported"
+  fi
   bench results --all --format json --logs --db "$S/gpu.sqlite" >"$OUT/gpu_ladder.json"
   "$PY" - "$S" "$OUT/llama_bench.json" <<'PYEOF'
 import json, sys

@@ -45,9 +45,29 @@ RESULT_COLUMNS = [
     "memory",
     "machine",
     "machine_fingerprint",
+    "gpu",
     "build_sha",
     "result_id",
     "source",
+]
+
+
+INT_COLUMNS = [
+    "run_id",
+    "n_prompt",
+    "n_gen",
+    "repetitions",
+    "layers_offloaded",
+    "layers_total",
+    "model_bytes",
+    "model_buf_bytes",
+    "kv_bytes",
+    "compute_bytes",
+    "rss_peak_bytes",
+    "gpu_used_bytes",
+    "device_budget_bytes",
+    "exit_code",
+    "result_id",
 ]
 
 
@@ -130,7 +150,9 @@ def results_frame(session: Session, run_ids: list[int] | None = None, *, with_sa
             samples_tg_ns=samples[res.id]["tg"],
         )
         records.append(rec)
-    return pd.DataFrame.from_records(records, columns=RESULT_COLUMNS)
+    frame = pd.DataFrame.from_records(records, columns=RESULT_COLUMNS)
+    # nullable integers: a missing figure must not turn the others into floats (33.0 layers)
+    return frame.astype({c: "Int64" for c in INT_COLUMNS})
 
 
 def runs_frame(session: Session) -> pd.DataFrame:
