@@ -33,6 +33,7 @@ COMPARE_COLUMNS = [
     "baseline",
     "candidate",
     "ratio",
+    "median_ratio",
     "ci_low",
     "ci_high",
     "p_value",
@@ -171,6 +172,8 @@ def compare_frames(
                     "baseline": bm,
                     "candidate": cm,
                     "ratio": cm / bm if bm and not np.isnan(bm) and not np.isnan(cm) else np.nan,
+                    # robust to a single disturbed repetition; the gate judges on this one
+                    "median_ratio": float(np.median(cv) / np.median(bv)) if len(bv) and len(cv) else np.nan,
                     "ci_low": low,
                     "ci_high": high,
                     "p_value": mann_whitney_p(bv, cv),

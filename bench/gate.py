@@ -86,18 +86,23 @@ def evaluate(
 
 
 def _judge(model: str, metric: str, row: Any, threshold: float, alpha: float) -> Check:
-    ratio, p_value = row.ratio, row.p_value
+    p_value = row.p_value
+    sampled = not _nan(p_value)
+    # sampled metrics are judged on the median ratio: one disturbed repetition must not move the verdict
+    ratio = row.median_ratio if sampled else row.ratio
     if _nan(ratio):
         return Check(model, metric, True, "no data on one side", threshold_pct=threshold)
     change = (ratio - 1.0) * 100.0
     higher_better = METRICS[metric][2]
     beyond = change < threshold if higher_better else change > threshold
-    sampled = not _nan(p_value)
     # single values: memory is near-exact, so the threshold alone decides; one load time proves nothing
     significant = p_value < alpha if sampled else metric != "load_s"
-    ci = f", 95% CI [{row.ci_low:.3f}, {row.ci_high:.3f}]" if not _nan(row.ci_low) else ""  # type: ignore[attr-defined]
-    stat = f", p={p_value:.3g}" if sampled else " (single value)"
-    msg = f"{change:+.1f}% (ratio {ratio:.3f}{ci}{stat}); threshold {threshold:+g}%"
+    if sampled:
+        ci = f", 95% CI [{row.ci_low:.3f}, {row.ci_high:.3f}]" if not _nan(row.ci_low) else ""
+        detail = f"median {change:+.1f}% (mean ratio {row.ratio:.3f}{ci}, Mann-Whitney p={p_value:.3g})"
+    else:
+        detail = f"{change:+.1f}% (ratio {ratio:.3f}, single value)"
+    msg = f"{detail}; threshold {threshold:+g}%"
     failed = beyond and significant
     if beyond and not significant:
         msg += ": beyond threshold but not significant" if sampled else ": beyond threshold, one sample: not gated"
@@ -109,7 +114,7 @@ def _judge(model: str, metric: str, row: Any, threshold: float, alpha: float) ->
         ratio,
         change,
         threshold,
-        None if not sampled else p_value,
+        p_value if sampled else None,
     )
 
 

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -125,17 +126,7 @@ def run_worker(python: str, env: dict[str, str], spec: dict[str, Any], timeout_s
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
-            timed_out, status, rusage = False, 0, None
-            while True:
-                pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
-                if pid:
-                    break
-                if time.monotonic() - start > timeout_s:
-                    timed_out = True
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    _, status, rusage = os.wait4(proc.pid, 0)
-                    break
-                time.sleep(0.02)
+            timed_out, status, rusage = _wait(proc.pid, timeout_s)
             proc.returncode = os.waitstatus_to_exitcode(status)
         _reap_group(proc.pid)
         wall_s = time.monotonic() - start
@@ -145,6 +136,20 @@ def run_worker(python: str, env: dict[str, str], spec: dict[str, Any], timeout_s
     if len(log) > LOG_LIMIT:
         log = log[: LOG_LIMIT // 2] + "\n[... perfgate cut the middle of this log ...]\n" + log[-LOG_LIMIT // 2 :]
     return WorkerOutcome(proc.returncode, timed_out, log, result, rss, wall_s)
+
+
+def _wait(pid: int, timeout_s: float) -> tuple[bool, int, Any]:
+    """Block until the worker ends (no polling to disturb its timing); kill its group past the timeout."""
+    ended: list[tuple[int, int, Any]] = []
+    waiter = threading.Thread(target=lambda: ended.append(os.wait4(pid, 0)), daemon=True)
+    waiter.start()
+    waiter.join(timeout_s)
+    timed_out = waiter.is_alive()
+    if timed_out:
+        os.killpg(pid, signal.SIGKILL)
+        waiter.join()
+    _, status, rusage = ended[0]
+    return timed_out, status, rusage
 
 
 def _reap_group(pgid: int) -> None:

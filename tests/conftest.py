@@ -69,7 +69,7 @@ def write_config(tmp_path: Path) -> Callable[..., Path]:
         doc = {
             "models": models,
             "builds": builds or [{"name": "local", "python": PYTHON}],
-            "suite": {"n_prompt": 64, "n_gen": 16, "repetitions": 3, "threads": 2, **suite},
+            "suite": {"n_prompt": 64, "n_gen": 16, "repetitions": 3, "threads": 1, **suite},
         }
         path = tmp_path / name
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
