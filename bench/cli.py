@@ -222,6 +222,24 @@ def import_cmd(
     console.print(f"imported {file} as run(s) {', '.join(map(str, ids))}" if ids else f"{file}: already imported")
 
 
+@app.command()
+def dashboard(
+    db: DbOption = None,
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("dashboard/site"),
+    config: ConfigOption = DEFAULT_CONFIG,
+) -> None:
+    """Build the static HTML dashboard from the store."""
+    from bench.dashboard import build_site
+
+    cfg = load_config(config, check_files=False) if config.exists() else None
+    with open_store(db) as store:
+        report = build_site(store, out, cfg.gate if cfg else None)
+    console.print(
+        f"dashboard: {report.out / 'index.html'} ({report.pages} pages, {report.bytes_total / 1e6:.1f} MB, "
+        f"{report.seconds:.1f} s)"
+    )
+
+
 def main() -> None:
     try:
         app()  # standalone: click reports usage errors itself, with exit code 2

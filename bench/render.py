@@ -43,9 +43,15 @@ def to_csv(frame: pd.DataFrame) -> str:
     return flat.to_csv(index=False)
 
 
+def missing(value: Any) -> bool:
+    """None, pandas' NA or a float NaN: a figure that was not measured."""
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
 def human_bytes(n: float | None) -> str:
-    if n is None or (isinstance(n, float) and math.isnan(n)):
+    if missing(n):
         return "–"
+    n = float(n)  # type: ignore[arg-type]
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
@@ -54,11 +60,11 @@ def human_bytes(n: float | None) -> str:
 
 
 def fmt_ts(mean: float | None, std: float | None = None) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+    if mean is None or missing(mean):
         return "–"
     digits = 0 if mean >= 100 else (1 if mean >= 10 else 2)
     text = f"{mean:.{digits}f}"
-    if std is not None and not (isinstance(std, float) and math.isnan(std)):
+    if not missing(std):
         text += f" ± {std:.{digits}f}"
     return text
 
@@ -102,13 +108,13 @@ def frame_table(frame: pd.DataFrame, title: str) -> Table:
     for col in frame.columns:
         table.add_column(str(col), overflow="fold")
     for row in frame.itertuples(index=False):
-        table.add_row(*["–" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v) for v in row])
+        table.add_row(*["–" if missing(v) else str(v) for v in row])
     return table
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
     def cell(v: Any) -> str:
-        text = "–" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+        text = "–" if missing(v) else str(v)
         return text.replace("|", "\\|").replace("\n", " ")
 
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + " --- |" * len(frame.columns)]
@@ -117,7 +123,7 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def fmt_metric(metric: str, value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if missing(value):
         return "–"
     if metric.endswith("_bytes"):
         return human_bytes(value)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
 
 import pandas as pd
 from sqlalchemy import select
@@ -71,18 +70,51 @@ INT_COLUMNS = [
 ]
 
 
+_RESULT_FIELDS = (
+    "run_id",
+    "status",
+    "reason",
+    "load_s",
+    "pp_ts",
+    "pp_ts_std",
+    "tg_ts",
+    "tg_ts_std",
+    "n_prompt",
+    "n_gen",
+    "repetitions",
+    "layers_offloaded",
+    "layers_total",
+    "backend",
+    "model_bytes",
+    "model_buf_bytes",
+    "kv_bytes",
+    "compute_bytes",
+    "rss_peak_bytes",
+    "gpu_used_bytes",
+    "device_budget_bytes",
+    "started_at",
+    "finished_at",
+    "exit_code",
+    "signal",
+    "memory",
+)
+
+
 def results_frame(session: Session, run_ids: list[int] | None = None, *, with_samples: bool = True) -> pd.DataFrame:
-    """One row per stored result, in the `bench results --format json` contract's columns."""
+    """One row per stored result, in the `bench results --format json` contract's columns.
+
+    Plain column selects (no ORM objects): the dashboard reads 100,000 results through here."""
     stmt = (
         select(
-            Result,
-            Build.name,
-            Build.identity_sha,
-            Model.name,
-            Machine.hostname,
-            Machine.fingerprint,
-            Run.source,
-            Machine.gpu,
+            *(getattr(Result, f) for f in _RESULT_FIELDS),
+            Result.id.label("result_id"),
+            Build.name.label("build"),
+            Build.identity_sha.label("build_sha"),
+            Model.name.label("model"),
+            Machine.hostname.label("machine"),
+            Machine.fingerprint.label("machine_fingerprint"),
+            Machine.gpu.label("gpu"),
+            Run.source.label("source"),
         )
         .join(Build, Result.build_id == Build.id)
         .join(Model, Result.model_id == Model.id)
@@ -92,65 +124,31 @@ def results_frame(session: Session, run_ids: list[int] | None = None, *, with_sa
     )
     if run_ids is not None:
         stmt = stmt.where(Result.run_id.in_(run_ids))
-    rows = session.execute(stmt).all()
-    samples: dict[int, dict[str, list[int]]] = defaultdict(lambda: {"pp": [], "tg": []})
-    if with_samples and rows:
-        ids = [r[0].id for r in rows]
-        for chunk in range(0, len(ids), 30000):
-            sel = (
-                select(Sample.result_id, Sample.test, Sample.ns)
-                .where(Sample.result_id.in_(ids[chunk : chunk + 30000]))
-                .order_by(Sample.result_id, Sample.seq)
-            )
-            for rid, test, ns in session.execute(sel):
-                samples[rid][test].append(ns)
-    records: list[dict[str, Any]] = []
-    for res, build, build_sha, model, host, fingerprint, source, gpu in rows:
-        rec = {
-            c: getattr(res, c)
-            for c in (
-                "run_id",
-                "status",
-                "reason",
-                "load_s",
-                "pp_ts",
-                "pp_ts_std",
-                "tg_ts",
-                "tg_ts_std",
-                "n_prompt",
-                "n_gen",
-                "repetitions",
-                "layers_offloaded",
-                "layers_total",
-                "backend",
-                "model_bytes",
-                "model_buf_bytes",
-                "kv_bytes",
-                "compute_bytes",
-                "rss_peak_bytes",
-                "gpu_used_bytes",
-                "device_budget_bytes",
-                "started_at",
-                "finished_at",
-                "exit_code",
-                "signal",
-                "memory",
-            )
-        }
-        rec.update(
-            build=build,
-            build_sha=build_sha,
-            model=model,
-            machine=host,
-            machine_fingerprint=fingerprint,
-            gpu=gpu,
-            result_id=res.id,
-            source=source,
-            samples_pp_ns=samples[res.id]["pp"],
-            samples_tg_ns=samples[res.id]["tg"],
-        )
-        records.append(rec)
-    frame = pd.DataFrame.from_records(records, columns=RESULT_COLUMNS)
+    frame = pd.DataFrame(
+        session.execute(stmt).mappings().all(),
+        columns=[
+            *_RESULT_FIELDS,
+            "result_id",
+            "build",
+            "build_sha",
+            "model",
+            "machine",
+            "machine_fingerprint",
+            "gpu",
+            "source",
+        ],
+    )
+    pp: dict[int, list[int]] = defaultdict(list)
+    tg: dict[int, list[int]] = defaultdict(list)
+    if with_samples and len(frame):
+        sel = select(Sample.result_id, Sample.test, Sample.ns).order_by(Sample.result_id, Sample.seq)
+        if run_ids is not None:
+            sel = sel.join(Result, Sample.result_id == Result.id).where(Result.run_id.in_(run_ids))
+        for rid, test, ns in session.execute(sel):
+            (pp if test == "pp" else tg)[rid].append(ns)
+    frame["samples_pp_ns"] = [pp.get(i, []) for i in frame["result_id"]]
+    frame["samples_tg_ns"] = [tg.get(i, []) for i in frame["result_id"]]
+    frame = frame[RESULT_COLUMNS]
     # nullable integers: a missing figure must not turn the others into floats (33.0 layers)
     return frame.astype({c: "Int64" for c in INT_COLUMNS})
 
