@@ -95,7 +95,7 @@ def runs(db: DbOption = None, fmt: FormatOption = "table") -> None:
     """List runs."""
     _check_format(fmt, ("table", "json", "csv"))
     with open_store(db) as store, store.session() as session:
-        frame = runs_frame(session).drop(columns=["settings"])
+        frame = runs_frame(session).drop(columns=["settings", "machine_id"])
     if fmt == "json":
         sys.stdout.write(render.to_json(frame) + "\n")
     elif fmt == "csv":

@@ -7,8 +7,11 @@ here), matplotlib draws SVG, Jinja2 (autoescaping) writes HTML. Works from file:
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
+import os
 import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +24,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from matplotlib.ticker import FuncFormatter, NullFormatter
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bench import render
@@ -28,7 +32,8 @@ from bench.compare import Comparison, Side, compare_frames
 from bench.config import GateConfig
 from bench.gate import Verdict, evaluate
 from bench.store.db import Store
-from bench.store.queries import attach_logs, builds_frame, machine_of_run, results_frame, runs_frame
+from bench.store.models import Machine
+from bench.store.queries import RESULT_COLUMNS, all_logs, builds_frame, results_frame, runs_frame
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "dashboard" / "templates"
 STATUS_OK = "ok"
@@ -82,6 +87,8 @@ class SiteBuilder:
         self.env = _env()
         self.results = results_frame(session)
         self.runs = runs_frame(session)
+        self.run_by_id = self.runs.set_index("run_id")
+        self.machines = {m.id: m for m in session.scalars(select(Machine))}
         self.builds = builds_frame(session)
         self.pages = 0
 
@@ -129,11 +136,23 @@ class SiteBuilder:
         shutil.copy(TEMPLATES / "style.css", self.out / "style.css")
         verdicts = {(fp, a, b): self.comparison(fp, a, b) for fp, a, b in self.pairs()}
         self.overview(verdicts)
-        for key, verdict in verdicts.items():
-            self.compare_page(key, verdict)
-        self.history()
-        for run_id in self.runs["run_id"]:
-            self.run_page(int(run_id))
+        self.verdicts = verdicts
+        logs = all_logs(self.session)
+        with_logs = self.results.assign(
+            log=[logs.get(int(i), "") for i in self.results["result_id"]], **_display_columns(self.results)
+        )
+        self.by_run = {int(k): v for k, v in with_logs.groupby("run_id", sort=True)}
+        self.by_model = {
+            str(k): v.merge(self.runs[["run_id", "started_at"]], on="run_id", suffixes=("", "_run"))
+            for k, v in self.results.groupby("model", sort=False)
+        }
+        # the independent pages and plots are drawn in parallel processes (fork shares the frames)
+        work: list[tuple[str, Any]] = [("compare", k) for k in verdicts]
+        work += [("history", m) for m in self.by_model]
+        work += [("run", r) for r in self.by_run]
+        outcomes = _in_parallel(self, work)
+        self.pages += sum(o for kind, o in outcomes if kind in ("run", "compare"))
+        self.history([o for kind, o in outcomes if kind == "history"])
 
     def overview(self, verdicts: dict[tuple[str, str, str], Verdict]) -> None:
         machines = []
@@ -285,68 +304,133 @@ class SiteBuilder:
         ax.legend(fontsize=7)
         _svg(fig, path)
 
-    def history(self) -> None:
+    def history_plot(self, model: str) -> dict[str, Any]:
+        rows = self.by_model[model]
+        fig, axes = plt.subplots(1, 2, figsize=(10, 2.4))
+        for ax, metric, std in zip(axes, ("pp_ts", "tg_ts"), ("pp_ts_std", "tg_ts_std"), strict=True):
+            for build, b in rows.groupby("build", sort=False):
+                b = b.sort_values("started_at_run")
+                good = _binned(b[b["status"] == STATUS_OK], metric, std)
+                (line,) = ax.plot(good["x"], good["y"], marker="." if len(good) < 100 else None, lw=1, label=str(build))
+                ax.fill_between(
+                    good["x"], good["y"] - good["s"], good["y"] + good["s"], color=line.get_color(), alpha=0.15, lw=0
+                )
+                bad = b[b["status"] != STATUS_OK]
+                if len(bad):
+                    ax.plot(bad["started_at_run"], [ax.get_ylim()[0]] * len(bad), "x", color="#d62728", ms=7)
+            ax.set_title(f"{model}: {'prompt' if metric == 'pp_ts' else 'generation'} t/s (× = failed load)")
+            ax.tick_params(axis="x", labelrotation=20, labelsize=7)
+        axes[0].legend(fontsize=7)
+        file = f"history/{slug(model)}.svg"
+        _svg(fig, self.out / file)
+        return {
+            "model": model,
+            "plot": file,
+            "runs": int(rows["run_id"].nunique()),
+            "failed": int((rows["status"] != STATUS_OK).sum()),
+        }
+
+    def history(self, entries: list[dict[str, Any]]) -> None:
         ok = self.results
-        entries = []
-        for model, rows in ok.groupby("model", sort=False):
-            rows = rows.merge(self.runs[["run_id", "started_at"]], on="run_id", suffixes=("", "_run"))
-            fig, axes = plt.subplots(1, 2, figsize=(10, 2.4))
-            for ax, metric, std in zip(axes, ("pp_ts", "tg_ts"), ("pp_ts_std", "tg_ts_std"), strict=True):
-                for build, b in rows.groupby("build", sort=False):
-                    b = b.sort_values("started_at_run")
-                    good = b[b["status"] == STATUS_OK]
-                    x = good["started_at_run"]
-                    y = good[metric].astype(float)
-                    s = good[std].astype(float).fillna(0)
-                    (line,) = ax.plot(x, y, marker=".", lw=1, label=str(build))
-                    ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.15, lw=0)
-                    bad = b[b["status"] != STATUS_OK]
-                    if len(bad):
-                        ax.plot(bad["started_at_run"], [ax.get_ylim()[0]] * len(bad), "x", color="#d62728", ms=7)
-                ax.set_title(f"{model}: {'prompt' if metric == 'pp_ts' else 'generation'} t/s (× = failed load)")
-                ax.tick_params(axis="x", labelrotation=20, labelsize=7)
-            axes[0].legend(fontsize=7)
-            file = f"history/{slug(str(model))}.svg"
-            _svg(fig, self.out / file)
-            entries.append(
-                {
-                    "model": model,
-                    "plot": file,
-                    "runs": int(rows["run_id"].nunique()),
-                    "failed": int((rows["status"] != STATUS_OK).sum()),
-                }
-            )
-        _json(
+        _frame_json(
             self.out / "data" / "history.json",
-            render.records(
-                ok[["run_id", "build", "model", "status", "pp_ts", "pp_ts_std", "tg_ts", "tg_ts_std", "started_at"]]
-            ),
+            ok[["run_id", "build", "model", "status", "pp_ts", "pp_ts_std", "tg_ts", "tg_ts_std", "started_at"]],
         )
         self.page(
             "history.html", "history.html.j2", entries=entries, title="perfgate — history", data="data/history.json"
         )
 
-    def run_page(self, run_id: int) -> None:
-        run = self.runs[self.runs["run_id"] == run_id].iloc[0]
-        res = attach_logs(self.session, self.results[self.results["run_id"] == run_id])
-        build_names = set(res["build"])
-        builds = self.builds[self.builds["name"].isin(build_names)] if len(self.builds) else self.builds
-        machine = machine_of_run(self.session, run_id)
-        _json(
-            self.out / "data" / f"run-{run_id}.json",
-            {"run": render.records(self.runs[self.runs["run_id"] == run_id])[0], "results": render.records(res)},
-        )
+    def run_page(self, run_id: int, res: pd.DataFrame) -> None:
+        run = self.run_by_id.loc[run_id]
+        builds = self.builds[self.builds["name"].isin(set(res["build"]))] if len(self.builds) else self.builds
+        _frame_json(self.out / "data" / f"run-{run_id}.json", res[[*RESULT_COLUMNS, "log"]])
         self.page(
             f"run/{run_id}.html",
             "run.html.j2",
             run=run,
+            run_id=run_id,
             results=res,
             builds=render.records(builds),
-            machine=machine,
+            machine=self.machines[int(run["machine_id"])],
             matrix=self.matrix(res),
             title=f"perfgate — run {run_id} ({run['machine']}, {run['started_at']})",
             data=f"data/run-{run_id}.json",
         )
+
+
+HISTORY_POINTS = 150
+
+
+def _display_columns(frame: pd.DataFrame) -> dict[str, list[str]]:
+    """Formatted once for all results: a thousand run pages then only place strings."""
+
+    def col(name: str) -> list[Any]:
+        return frame[name].tolist()
+
+    return {
+        "layers_txt": [
+            ("–" if render.missing(t) else f"{o}/{t}")
+            for o, t in zip(col("layers_offloaded"), col("layers_total"), strict=True)
+        ],
+        "pp_txt": [render.fmt_ts(m, s) for m, s in zip(col("pp_ts"), col("pp_ts_std"), strict=True)],
+        "tg_txt": [render.fmt_ts(m, s) for m, s in zip(col("tg_ts"), col("tg_ts_std"), strict=True)],
+        "buffers_txt": [
+            " / ".join(render.human_bytes(v) for v in vs)
+            for vs in zip(col("model_buf_bytes"), col("kv_bytes"), col("compute_bytes"), strict=True)
+        ],
+        "rss_txt": [render.human_bytes(v) for v in col("rss_peak_bytes")],
+        "gpu_txt": [
+            f"{render.human_bytes(u)} / {render.human_bytes(b)}"
+            for u, b in zip(col("gpu_used_bytes"), col("device_budget_bytes"), strict=True)
+        ],
+        "file_txt": [render.human_bytes(v) for v in col("model_bytes")],
+        "load_txt": ["–" if render.missing(v) else f"{v:.3f}" for v in col("load_s")],
+    }
+
+
+_ACTIVE: SiteBuilder | None = None
+
+
+def _work(item: tuple[str, Any]) -> tuple[str, Any]:
+    assert _ACTIVE is not None
+    kind, key = item
+    if kind == "history":
+        return kind, _ACTIVE.history_plot(key)
+    if kind == "compare":
+        _ACTIVE.compare_page(key, _ACTIVE.verdicts[key])
+        return kind, 1
+    _ACTIVE.run_page(key, _ACTIVE.by_run[key])
+    return kind, 1
+
+
+def _in_parallel(builder: SiteBuilder, work: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    global _ACTIVE
+    _ACTIVE = builder
+    workers = min(os.cpu_count() or 1, 8)
+    try:
+        if workers < 2 or len(work) < 16 or "fork" not in mp.get_all_start_methods() or sys.platform == "darwin":
+            return [_work(item) for item in work]
+        with mp.get_context("fork").Pool(workers) as pool:
+            return pool.map(_work, work, chunksize=max(1, len(work) // (workers * 4)))
+    finally:
+        _ACTIVE = None
+
+
+def _binned(good: pd.DataFrame, metric: str, std: str) -> pd.DataFrame:
+    """At most HISTORY_POINTS points per line: a thousand nights are binned (mean of means, mean noise)."""
+    frame = pd.DataFrame(
+        {"x": good["started_at_run"], "y": good[metric].astype(float), "s": good[std].astype(float).fillna(0)}
+    )
+    if len(frame) <= HISTORY_POINTS:
+        return frame
+    bins = pd.Series(range(len(frame)), index=frame.index) * HISTORY_POINTS // len(frame)
+    return frame.groupby(bins.values).agg({"x": "median", "y": "mean", "s": "mean"})
+
+
+def _frame_json(path: Path, frame: pd.DataFrame) -> None:
+    """pandas' own JSON writer: fast enough for a thousand run pages of a hundred results."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_json(path, orient="records", date_format="iso")
 
 
 def build_site(store: Store, out: Path, gate: GateConfig | None = None) -> SiteReport:

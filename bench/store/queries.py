@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -124,30 +125,23 @@ def results_frame(session: Session, run_ids: list[int] | None = None, *, with_sa
     )
     if run_ids is not None:
         stmt = stmt.where(Result.run_id.in_(run_ids))
-    frame = pd.DataFrame(
-        session.execute(stmt).mappings().all(),
-        columns=[
-            *_RESULT_FIELDS,
-            "result_id",
-            "build",
-            "build_sha",
-            "model",
-            "machine",
-            "machine_fingerprint",
-            "gpu",
-            "source",
-        ],
-    )
-    pp: dict[int, list[int]] = defaultdict(list)
-    tg: dict[int, list[int]] = defaultdict(list)
+    columns = [*_RESULT_FIELDS, "result_id", "build", "build_sha", "model", "machine", "machine_fingerprint", "gpu"]
+    # plain tuples: pandas probes each SQLAlchemy Row with hasattr, which costs seconds at 100k rows
+    frame = pd.DataFrame([tuple(r) for r in session.connection().execute(stmt)], columns=[*columns, "source"])
+    empty: list[int] = []
+    for test in ("pp", "tg"):
+        frame[f"samples_{test}_ns"] = [empty] * len(frame)
     if with_samples and len(frame):
         sel = select(Sample.result_id, Sample.test, Sample.ns).order_by(Sample.result_id, Sample.seq)
         if run_ids is not None:
             sel = sel.join(Result, Sample.result_id == Result.id).where(Result.run_id.in_(run_ids))
-        for rid, test, ns in session.execute(sel):
-            (pp if test == "pp" else tg)[rid].append(ns)
-    frame["samples_pp_ns"] = [pp.get(i, []) for i in frame["result_id"]]
-    frame["samples_tg_ns"] = [tg.get(i, []) for i in frame["result_id"]]
+        samples = pd.read_sql(sel, session.connection())  # a million rows: straight from the cursor
+        for test, rows in samples.groupby("test"):
+            # rows arrive ordered by result: split the ns column where the result id changes
+            ids, ns = rows["result_id"].to_numpy(), rows["ns"].to_numpy()
+            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+            lists = dict(zip(ids[starts].tolist(), (c.tolist() for c in np.split(ns, starts[1:])), strict=True))
+            frame[f"samples_{test}_ns"] = [lists.get(i, empty) for i in frame["result_id"].tolist()]
     frame = frame[RESULT_COLUMNS]
     # nullable integers: a missing figure must not turn the others into floats (33.0 layers)
     return frame.astype({c: "Int64" for c in INT_COLUMNS})
@@ -165,6 +159,7 @@ def runs_frame(session: Session) -> pd.DataFrame:
             Machine.fingerprint,
             Machine.gpu,
             Run.settings,
+            Run.machine_id,
         )
         .join(Machine, Run.machine_id == Machine.id)
         .order_by(Run.id)
@@ -181,6 +176,7 @@ def runs_frame(session: Session) -> pd.DataFrame:
             "machine_fingerprint",
             "gpu",
             "settings",
+            "machine_id",
         ],
     )
     counts = session.execute(select(Result.run_id, Result.status)).all()
@@ -197,6 +193,10 @@ def attach_logs(session: Session, frame: pd.DataFrame) -> pd.DataFrame:
     ids = [int(i) for i in frame["result_id"]]
     logs = dict(session.execute(select(ResultLog.result_id, ResultLog.text).where(ResultLog.result_id.in_(ids))).all())
     return frame.assign(log=[logs.get(i, "") for i in ids])
+
+
+def all_logs(session: Session) -> dict[int, str]:
+    return {rid: text for rid, text in session.execute(select(ResultLog.result_id, ResultLog.text))}
 
 
 def run_or_latest(session: Session, run_id: int | None) -> int:
