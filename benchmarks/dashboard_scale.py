@@ -20,11 +20,11 @@ import numpy as np
 from sqlalchemy import insert
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.dashboard import build_site  # noqa: E402  (after the sys.path line)
-from bench.machine import collect  # noqa: E402
-from bench.store.db import open_store  # noqa: E402
-from bench.store.models import Build, Model, Result, ResultLog, Run, Sample  # noqa: E402
-from bench.store.records import upsert_machine  # noqa: E402
+from bench.dashboard import build_site
+from bench.machine import collect
+from bench.store.db import open_store
+from bench.store.models import Build, Model, Result, ResultLog, Run, Sample
+from bench.store.records import upsert_machine
 
 LOG_OK = (
     "load_tensors:   CPU_Mapped model buffer size =    10.23 MiB\n"
@@ -39,18 +39,32 @@ def fill(db: str, runs: int, builds: int, models: int) -> int:
     with open_store(db) as store, store.session() as session:
         machine = upsert_machine(session, collect())
         session.commit()
-        build_ids = [session.execute(insert(Build).values(name=f"build-{b}", identity_sha=f"sha{b}",
-                                                           details={})).inserted_primary_key[0] for b in range(builds)]
-        model_ids = [session.execute(insert(Model).values(name=f"model-{m:02d}", path=f"/models/{m}.gguf",
-                                                           file_bytes=int(1e9 * (m + 1)), details={})
-                                     ).inserted_primary_key[0] for m in range(models)]
+        build_ids = [
+            session.execute(
+                insert(Build).values(name=f"build-{b}", identity_sha=f"sha{b}", details={})
+            ).inserted_primary_key[0]
+            for b in range(builds)
+        ]
+        model_ids = [
+            session.execute(
+                insert(Model).values(
+                    name=f"model-{m:02d}", path=f"/models/{m}.gguf", file_bytes=int(1e9 * (m + 1)), details={}
+                )
+            ).inserted_primary_key[0]
+            for m in range(models)
+        ]
         start = datetime(2024, 1, 1)
         result_id = 0
         for r in range(runs):
-            run_id = session.execute(insert(Run).values(machine_id=machine.id, started_at=start + timedelta(days=r),
-                                                        status="complete", source="perfgate",
-                                                        settings={"builds": [f"build-{b}" for b in range(builds)]})
-                                     ).inserted_primary_key[0]
+            run_id = session.execute(
+                insert(Run).values(
+                    machine_id=machine.id,
+                    started_at=start + timedelta(days=r),
+                    status="complete",
+                    source="perfgate",
+                    settings={"builds": [f"build-{b}" for b in range(builds)]},
+                )
+            ).inserted_primary_key[0]
             results, samples, logs = [], [], []
             for b, build_id in enumerate(build_ids):
                 for m, model_id in enumerate(model_ids):
@@ -58,21 +72,41 @@ def fill(db: str, runs: int, builds: int, models: int) -> int:
                     ok = rng.random() > 0.01
                     pp = (2000.0 / (m + 1)) * (1 + 0.02 * b) * rng.normal(1, 0.01, 5)
                     tg = (100.0 / (m + 1)) * (1 + 0.01 * b) * rng.normal(1, 0.005, 5)
-                    results.append({"id": result_id, "run_id": run_id, "build_id": build_id, "model_id": model_id,
-                                    "status": "ok" if ok else "invalid_gguf", "reason": None if ok else LOG_FAIL,
-                                    "rounds_done": 1, "started_at": start + timedelta(days=r), "n_prompt": 512,
-                                    "n_gen": 128, "repetitions": 5, "load_s": float(rng.normal(1 + m, 0.05)),
-                                    "pp_ts": float(pp.mean()) if ok else None,
-                                    "pp_ts_std": float(pp.std()) if ok else None,
-                                    "tg_ts": float(tg.mean()) if ok else None,
-                                    "tg_ts_std": float(tg.std()) if ok else None, "layers_offloaded": 33,
-                                    "layers_total": 33, "backend": "CPU", "model_bytes": int(1e9 * (m + 1)),
-                                    "rss_peak_bytes": int(1.1e9 * (m + 1)), "memory": {}})
+                    results.append(
+                        {
+                            "id": result_id,
+                            "run_id": run_id,
+                            "build_id": build_id,
+                            "model_id": model_id,
+                            "status": "ok" if ok else "invalid_gguf",
+                            "reason": None if ok else LOG_FAIL,
+                            "rounds_done": 1,
+                            "started_at": start + timedelta(days=r),
+                            "n_prompt": 512,
+                            "n_gen": 128,
+                            "repetitions": 5,
+                            "load_s": float(rng.normal(1 + m, 0.05)),
+                            "pp_ts": float(pp.mean()) if ok else None,
+                            "pp_ts_std": float(pp.std()) if ok else None,
+                            "tg_ts": float(tg.mean()) if ok else None,
+                            "tg_ts_std": float(tg.std()) if ok else None,
+                            "layers_offloaded": 33,
+                            "layers_total": 33,
+                            "backend": "CPU",
+                            "model_bytes": int(1e9 * (m + 1)),
+                            "rss_peak_bytes": int(1.1e9 * (m + 1)),
+                            "memory": {},
+                        }
+                    )
                     if ok:
-                        samples += [{"result_id": result_id, "test": "pp", "seq": i, "ns": int(512e9 / v)}
-                                    for i, v in enumerate(pp)]
-                        samples += [{"result_id": result_id, "test": "tg", "seq": i, "ns": int(128e9 / v)}
-                                    for i, v in enumerate(tg)]
+                        samples += [
+                            {"result_id": result_id, "test": "pp", "seq": i, "ns": int(512e9 / v)}
+                            for i, v in enumerate(pp)
+                        ]
+                        samples += [
+                            {"result_id": result_id, "test": "tg", "seq": i, "ns": int(128e9 / v)}
+                            for i, v in enumerate(tg)
+                        ]
                     logs.append({"result_id": result_id, "text": LOG_OK if ok else LOG_FAIL})
             session.execute(insert(Result), results)
             session.execute(insert(Sample), samples)
@@ -96,10 +130,14 @@ def main() -> None:
             report = build_site(store, Path(tmp) / "site")
         pages = sorted((p.stat().st_size, p.relative_to(report.out)) for p in report.out.rglob("*.html"))
         index = (report.out / "index.html").stat().st_size
-        print(f"dashboard: {report.pages} pages, {report.bytes_total / 1e6:.1f} MB in all, built in "
-              f"{report.seconds:.1f} s (goal ≤ 10 s)")
-        print(f"index.html {index / 1e3:.1f} kB; largest page {pages[-1][1]} {pages[-1][0] / 1e3:.1f} kB; "
-              f"median page {pages[len(pages) // 2][0] / 1e3:.1f} kB")
+        print(
+            f"dashboard: {report.pages} pages, {report.bytes_total / 1e6:.1f} MB in all, built in "
+            f"{report.seconds:.1f} s (goal ≤ 10 s)"
+        )
+        print(
+            f"index.html {index / 1e3:.1f} kB; largest page {pages[-1][1]} {pages[-1][0] / 1e3:.1f} kB; "
+            f"median page {pages[len(pages) // 2][0] / 1e3:.1f} kB"
+        )
 
 
 if __name__ == "__main__":

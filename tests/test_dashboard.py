@@ -18,8 +18,15 @@ from tests.conftest import PYTHON, SHARED_LOGS
 
 XSS = "<script>alert(1)</script>"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +41,15 @@ def browser() -> Iterator[Browser]:
 def site(models_dir: Path, write_config: Callable[..., Path], db_url: str, tmp_path: Path) -> Path:
     empty_lib = tmp_path / "empty-lib"
     empty_lib.mkdir()
-    models = [{"name": "tiny-q4", "path": str(models_dir / "tiny-Q4_0.gguf")},
-              {"name": XSS, "path": str(models_dir / "tiny-F16.gguf")}]
-    builds = [{"name": "baseline", "python": PYTHON}, {"name": "candidate", "python": PYTHON},
-              {"name": "no-lib", "python": PYTHON, "lib": str(empty_lib)}]
+    models = [
+        {"name": "tiny-q4", "path": str(models_dir / "tiny-Q4_0.gguf")},
+        {"name": XSS, "path": str(models_dir / "tiny-F16.gguf")},
+    ]
+    builds = [
+        {"name": "baseline", "python": PYTHON},
+        {"name": "candidate", "python": PYTHON},
+        {"name": "no-lib", "python": PYTHON, "lib": str(empty_lib)},
+    ]
     cfg = load_config(write_config(models, builds=builds, repetitions=2))
     out = tmp_path / "site"
     with open_store(db_url) as store:
