@@ -21,21 +21,10 @@ from bench.builds import BuildIdentity
 from bench.errors import ImportFormatError
 from bench.machine import MachineInfo
 from bench.store.models import Machine, Run, utcnow
+from bench.store.queries import INT_FIELDS
 from bench.store.records import Measurement, record_result, upsert_build, upsert_machine, upsert_model
 
 FORMATS = ("llama-bench", "pytest-benchmark", "perfgate")
-_INT_FIELDS = (
-    "layers_offloaded",
-    "layers_total",
-    "model_bytes",
-    "model_buf_bytes",
-    "kv_bytes",
-    "compute_bytes",
-    "rss_peak_bytes",
-    "gpu_used_bytes",
-    "device_budget_bytes",
-    "exit_code",
-)
 
 
 def _load_json_or_jsonl(path: Path) -> Any:
@@ -257,7 +246,7 @@ def import_perfgate(session: Session, path: Path) -> list[int]:
         model = upsert_model(session, r["model"], r.get("model_path") or r["model"], r.get("model_bytes"), None, {})
         fields: dict[str, Any] = {k: r.get(k) for k in ("load_s", "backend", "signal")}
         # JSON writers may have turned integers into floats (33.0): the store's columns are integers
-        fields.update({k: None if r.get(k) is None else int(r[k]) for k in _INT_FIELDS})
+        fields.update({k: None if r.get(k) is None else int(r[k]) for k in INT_FIELDS})
         m = Measurement(
             r["status"],
             r.get("reason") or "",

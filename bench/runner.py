@@ -392,23 +392,20 @@ def _measure_item(
 
 
 def _default_threads() -> int:
-    # llama-bench's default: the number of physical cores (math threads)
-    n = os.cpu_count() or 1
+    """llama-bench's default: the number of physical cores (distinct socket × core ids), not hyperthreads."""
     try:
         with open("/proc/cpuinfo") as fh:
-            cores = {line.split(":")[1].strip() for line in fh if line.startswith("core id")}
-            siblings = len(cores) if cores else n
-        return max(1, min(n, siblings * _sockets()))
+            text = fh.read()
     except OSError:
-        return n
-
-
-def _sockets() -> int:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return max(1, len({line.split(":")[1] for line in fh if line.startswith("physical id")}))
-    except OSError:
-        return 1
+        return os.cpu_count() or 1
+    cores, socket = set(), "0"
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "physical id":
+            socket = value.strip()
+        elif key.strip() == "core id":
+            cores.add((socket, value.strip()))
+    return len(cores) or os.cpu_count() or 1
 
 
 def latest_run_id(store: Store) -> int | None:

@@ -57,40 +57,31 @@ def identity() -> dict[str, Any]:
     }
 
 
-def _gpu_used_bytes() -> int | None:
-    """GPU memory held by this process (CUDA via nvidia-smi); None where that cannot be read."""
+def _smi(query: str) -> list[list[str]]:
+    """Rows of an nvidia-smi CSV query; empty where there is no NVIDIA driver."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
-        return None
+        return []
     try:
         out = subprocess.run(
-            [smi, "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
+            [smi, query, "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20, check=False
         ).stdout
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    total = 0
-    for line in out.splitlines():
-        parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 2 and parts[0] == str(os.getpid()) and parts[1].isdigit():
-            total += int(parts[1]) * 1024 * 1024
-    if total:
-        return total
+        return []
+    return [[p.strip() for p in line.split(",")] for line in out.splitlines() if line.strip()]
+
+
+def _gpu_used_bytes() -> int | None:
+    """GPU memory held by this process (CUDA via nvidia-smi); None where that cannot be read."""
+    mine = [
+        int(r[1])
+        for r in _smi("--query-compute-apps=pid,used_memory")
+        if len(r) == 2 and r[0] == str(os.getpid()) and r[1].isdigit()
+    ]
+    if mine:
+        return sum(mine) * 1024 * 1024
     # some containers hide per-process accounting: fall back to the device-wide figure
-    try:
-        out = subprocess.run(
-            [smi, "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-            check=False,
-        ).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    used = [int(v) for v in out.split() if v.strip().isdigit()]
+    used = [int(r[0]) for r in _smi("--query-gpu=memory.used") if r and r[0].isdigit()]
     return sum(used) * 1024 * 1024 if used else None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -83,6 +84,22 @@ def bench_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30
     return subprocess.run(
         [BENCH, *args], capture_output=True, text=True, timeout=timeout, check=False, env={**os.environ, **(env or {})}
     )
+
+
+def processes_matching(pattern: str) -> list[int]:
+    """Live processes whose command line matches `pattern` (read from /proc: no procps needed)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = next((ln for ln in (entry / "status").read_text().splitlines() if ln.startswith("State:")), "")
+        except OSError:
+            continue
+        if re.search(pattern, cmdline) and "zombie" not in state:
+            found.append(int(entry.name))
+    return found
 
 
 def fake_python(tmp_path: Path, name: str, measure_body: str) -> Path:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -123,7 +125,8 @@ def test_noisy_but_not_slower_candidate_passes(
             rounds=8,
         )
     finally:
-        subprocess.run(["pkill", "-KILL", "-g", str(hog.pid)], check=False)
+        os.killpg(hog.pid, signal.SIGKILL)
+        hog.wait()
     code, summary, _ = _gate(db_url, tmp_path)
     assert code == 0, summary
 

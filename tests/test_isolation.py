@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +12,7 @@ from bench.config import load_config
 from bench.runner import run_matrix
 from bench.store.db import open_store
 from bench.store.queries import result_log, results_frame
-from tests.conftest import PYTHON, fake_python
+from tests.conftest import PYTHON, fake_python, processes_matching
 
 
 def _run(cfg: Path, db_url: str, **kw: object) -> pd.DataFrame:
@@ -64,8 +63,8 @@ def test_crashing_and_hanging_builds_are_recorded_and_nothing_is_left_behind(
     assert frame.loc["aborts", "signal"] == "SIGABRT" and frame.loc["aborts", "reason"].startswith("SIGABRT")
     assert frame.loc["hangs", "status"] == "timeout" and "3 s" in frame.loc["hangs", "reason"]
     assert frame.loc["good", "status"] == "ok"
-    left = subprocess.run(["pgrep", "-f", "sleep 8639[89]"], capture_output=True, text=True).stdout
-    assert left == "", f"processes outlived the worker: {left}"
+    left = processes_matching(r"sleep 8639[89]")
+    assert left == [], f"processes outlived the worker: {left}"
 
 
 def test_fewer_layers_than_all_is_partial_offload(

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -16,7 +15,7 @@ from bench.metrics import mean_std, tokens_per_s
 from bench.runner import run_matrix
 from bench.store.db import open_store
 from bench.store.queries import results_frame
-from tests.conftest import BENCH, bench_cli
+from tests.conftest import BENCH, bench_cli, processes_matching
 
 CONTRACT = {
     "run_id",
@@ -128,8 +127,7 @@ def test_sigkill_mid_matrix_keeps_finished_results_and_resume_completes(
         run_id, status = con.execute("select id, status from runs").fetchone()
     assert 2 <= len(before) < 6 and status == "running"
     time.sleep(0.5)
-    leftover = subprocess.run(["pgrep", "-f", "worker.py measure"], capture_output=True, text=True).stdout.split()
-    assert not [pid for pid in leftover if int(pid) != os.getpid()], "a worker outlived its runner"
+    assert processes_matching(r"worker\.py measure") == [], "a worker outlived its runner"
 
     proc = bench_cli("run", "--config", str(cfg), "--db", str(db), "--resume", str(run_id), "--quiet")
     assert proc.returncode == 0, proc.stderr

@@ -12,65 +12,7 @@ from sqlalchemy.orm import Session
 from bench.errors import StoreError
 from bench.store.models import Build, Machine, Model, Result, ResultLog, Run, Sample
 
-RESULT_COLUMNS = [
-    "run_id",
-    "build",
-    "model",
-    "status",
-    "reason",
-    "load_s",
-    "pp_ts",
-    "pp_ts_std",
-    "tg_ts",
-    "tg_ts_std",
-    "n_prompt",
-    "n_gen",
-    "repetitions",
-    "samples_pp_ns",
-    "samples_tg_ns",
-    "layers_offloaded",
-    "layers_total",
-    "backend",
-    "model_bytes",
-    "model_buf_bytes",
-    "kv_bytes",
-    "compute_bytes",
-    "rss_peak_bytes",
-    "gpu_used_bytes",
-    "device_budget_bytes",
-    "started_at",
-    "finished_at",
-    "exit_code",
-    "signal",
-    "memory",
-    "machine",
-    "machine_fingerprint",
-    "gpu",
-    "build_sha",
-    "result_id",
-    "source",
-]
-
-
-INT_COLUMNS = [
-    "run_id",
-    "n_prompt",
-    "n_gen",
-    "repetitions",
-    "layers_offloaded",
-    "layers_total",
-    "model_bytes",
-    "model_buf_bytes",
-    "kv_bytes",
-    "compute_bytes",
-    "rss_peak_bytes",
-    "gpu_used_bytes",
-    "device_budget_bytes",
-    "exit_code",
-    "result_id",
-]
-
-
+# the Result columns every reader gets, in the order of the `bench results --format json` contract
 _RESULT_FIELDS = (
     "run_id",
     "status",
@@ -99,6 +41,38 @@ _RESULT_FIELDS = (
     "signal",
     "memory",
 )
+_JOINED = ("result_id", "build", "build_sha", "model", "machine", "machine_fingerprint", "gpu", "source")
+_OWN = [f for f in _RESULT_FIELDS if f != "run_id"]
+_CUT = _OWN.index("repetitions") + 1
+RESULT_COLUMNS = [
+    "run_id",
+    "build",
+    "model",
+    *_OWN[:_CUT],
+    "samples_pp_ns",
+    "samples_tg_ns",
+    *_OWN[_CUT:],
+    "machine",
+    "machine_fingerprint",
+    "gpu",
+    "build_sha",
+    "result_id",
+    "source",
+]
+# figures stored as integers (nullable): JSON writers may turn them into floats, readers turn them back
+INT_FIELDS = (
+    "layers_offloaded",
+    "layers_total",
+    "model_bytes",
+    "model_buf_bytes",
+    "kv_bytes",
+    "compute_bytes",
+    "rss_peak_bytes",
+    "gpu_used_bytes",
+    "device_budget_bytes",
+    "exit_code",
+)
+INT_COLUMNS = ["run_id", "n_prompt", "n_gen", "repetitions", *INT_FIELDS, "result_id"]
 
 
 def results_frame(session: Session, run_ids: list[int] | None = None, *, with_samples: bool = True) -> pd.DataFrame:
@@ -125,9 +99,8 @@ def results_frame(session: Session, run_ids: list[int] | None = None, *, with_sa
     )
     if run_ids is not None:
         stmt = stmt.where(Result.run_id.in_(run_ids))
-    columns = [*_RESULT_FIELDS, "result_id", "build", "build_sha", "model", "machine", "machine_fingerprint", "gpu"]
     # plain tuples: pandas probes each SQLAlchemy Row with hasattr, which costs seconds at 100k rows
-    frame = pd.DataFrame([tuple(r) for r in session.connection().execute(stmt)], columns=[*columns, "source"])
+    frame = pd.DataFrame([tuple(r) for r in session.connection().execute(stmt)], columns=[*_RESULT_FIELDS, *_JOINED])
     empty: list[int] = []
     for test in ("pp", "tg"):
         frame[f"samples_{test}_ns"] = [empty] * len(frame)
