@@ -103,6 +103,12 @@ class SiteBuilder:
     def latest_per_model(self, frame: pd.DataFrame) -> pd.DataFrame:
         return frame.sort_values(["run_id", "result_id"]).groupby("model", sort=False).tail(1)
 
+    def _latest_label(self) -> str:
+        if not len(self.runs):
+            return "none"
+        last = self.runs.iloc[-1]
+        return f"run {int(last['run_id'])} ({str(last['started_at'])[:16]})"
+
     def pairs(self) -> list[tuple[str, str, str]]:
         """(machine fingerprint, baseline, candidate): builds measured on one machine, in first-seen order."""
         pairs = []
@@ -202,7 +208,7 @@ class SiteBuilder:
             "overview.html.j2",
             machines=machines,
             pairs=sorted(verdicts),
-            title="perfgate — overview",
+            title=f"perfgate — overview, runs up to {self._latest_label()}",
             data="data/overview.json",
         )
 
@@ -337,7 +343,11 @@ class SiteBuilder:
             ok[["run_id", "build", "model", "status", "pp_ts", "pp_ts_std", "tg_ts", "tg_ts_std", "started_at"]],
         )
         self.page(
-            "history.html", "history.html.j2", entries=entries, title="perfgate — history", data="data/history.json"
+            "history.html",
+            "history.html.j2",
+            entries=entries,
+            title=f"perfgate — history, runs up to {self._latest_label()}",
+            data="data/history.json",
         )
 
     def run_page(self, run_id: int, res: pd.DataFrame) -> None:

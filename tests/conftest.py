@@ -18,12 +18,9 @@ from bench.synth import SynthSpec, synthesize
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 BENCH = str(Path(sys.executable).with_name("bench"))
+# ../shared/logs where the checkout has it (it grows); tests/logs is the copy committed for CI
 SHARED_LOGS = next(
-    (
-        p
-        for p in (REPO / "shared" / "logs", REPO.parent / "shared" / "logs", REPO / "tests" / "logs")
-        if (p / "MANIFEST.tsv").exists()
-    ),
+    (p for p in (REPO.parent / "shared" / "logs", REPO / "tests" / "logs") if (p / "MANIFEST.tsv").exists()),
     REPO / "tests" / "logs",
 )
 
