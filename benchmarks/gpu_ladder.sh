@@ -14,7 +14,9 @@
 #   fixed   -DCMAKE_CUDA_ARCHITECTURES=90-real    the broken build's architecture list corrected
 # Carried (ignored) inputs: .gpu/llama.cpp-src.tar.gz (the sdist's vendor/llama.cpp), .gpu/whl (perfgate's
 # dependencies as py3.12 wheels), .gpu/py/llama_cpp (llama-cpp-python's Python files; libllama comes from
-# each build through LLAMA_CPP_LIB_PATH).
+# each build through LLAMA_CPP_LIB_PATH); benchmarks/prepare_gpu_carry.sh makes them. Then, with the device
+# tool: run `bash benchmarks/gpu_ladder.sh build 520` carrying .gpu, then `wait 330`, `measure 7B 13B`,
+# `measure 34B 70B`, `report` (files come back from $OUT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
