@@ -162,6 +162,8 @@ def _script_speedups(files: list[Path], baseline: str, compare: str) -> dict[tup
         capture_output=True,
         text=True,
         check=True,
+        cwd=files[-1].parent,  # outside any git checkout: the script then names builds by commit alone
+        env={**os.environ, "GIT_PYTHON_REFRESH": "quiet"},
     )
     lines = [ln.split("\t") for ln in proc.stdout.strip().splitlines()]
     header = [h.strip() for h in lines[0]]
