@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from bench import render
-from bench.config import DEFAULT_CONFIG, load_config
+from bench.config import DEFAULT_CONFIG, load_config, load_gate
 from bench.diagnose import classify
 from bench.errors import ConfigError, PerfgateError
 from bench.store.db import open_store
@@ -181,15 +181,10 @@ def gate_cmd(
     from bench.compare import compare
     from bench.gate import evaluate, junit, markdown, write_step_summary
 
-    cfg = load_config(config, check_files=False) if config.exists() else None
-    if cfg is None and config != DEFAULT_CONFIG:
-        raise ConfigError(f"{config}: no such config file")
-    gate_cfg = cfg.gate if cfg else None
-    defaults = gate_cfg.thresholds.model_dump(exclude_none=True) if gate_cfg else load_default_thresholds()
-    per_model = {m.name: m.thresholds.model_dump(exclude_none=True) for m in cfg.models if m.thresholds} if cfg else {}
+    gate = load_gate(config)
     with open_store(db) as store, store.session() as session:
         comparison = compare(session, baseline, candidate, allow_cross_machine=allow_cross_machine)
-    verdict = evaluate(comparison, per_model, defaults, alpha=gate_cfg.alpha if gate_cfg else 0.05)
+    verdict = evaluate(comparison, gate)
     text = markdown(verdict)
     sys.stdout.write(text)
     write_step_summary(text)
@@ -198,12 +193,6 @@ def gate_cmd(
     if junit_path is not None:
         junit(verdict, junit_path)
     raise typer.Exit(0 if verdict.passed else 1)
-
-
-def load_default_thresholds() -> dict[str, float]:
-    from bench.config import GateConfig
-
-    return GateConfig().thresholds.model_dump(exclude_none=True)
 
 
 @app.command("import")
@@ -231,9 +220,9 @@ def dashboard(
     """Build the static HTML dashboard from the store."""
     from bench.dashboard import build_site
 
-    cfg = load_config(config, check_files=False) if config.exists() else None
+    gate = load_gate(config)
     with open_store(db) as store:
-        report = build_site(store, out, cfg.gate if cfg else None)
+        report = build_site(store, out, gate)
     console.print(
         f"dashboard: {report.out / 'index.html'} ({report.pages} pages, {report.bytes_total / 1e6:.1f} MB, "
         f"{report.seconds:.1f} s)"

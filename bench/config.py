@@ -96,6 +96,14 @@ class SuiteConfig(_Strict):
 class GateConfig(_Strict):
     thresholds: Thresholds = Thresholds(pp_ts=-5.0, tg_ts=-3.0, load_s=25.0, rss_peak_bytes=5.0)
     alpha: float = Field(default=0.05, gt=0, lt=1)
+    # per model, merged over `thresholds` (filled from models[].thresholds)
+    per_model: dict[str, Thresholds] = {}
+
+    def limits(self, model: str) -> dict[str, float]:
+        merged = self.thresholds.model_dump(exclude_none=True)
+        if model in self.per_model:
+            merged.update(self.per_model[model].model_dump(exclude_none=True))
+        return merged
 
 
 class Config(_Strict):
@@ -124,12 +132,19 @@ class Config(_Strict):
         assert model.synth is not None
         return self.resolve(self.suite.models_dir) / default_filename(model.synth.spec())
 
-    def thresholds_for(self, model_name: str) -> dict[str, float]:
-        merged = self.gate.thresholds.model_dump(exclude_none=True)
-        for m in self.models:
-            if m.name == model_name and m.thresholds is not None:
-                merged.update(m.thresholds.model_dump(exclude_none=True))
-        return merged
+    def gate_settings(self) -> GateConfig:
+        """The gate section with each model's own thresholds folded in."""
+        per_model = {m.name: m.thresholds for m in self.models if m.thresholds is not None}
+        return self.gate.model_copy(update={"per_model": per_model})
+
+
+def load_gate(path: Path) -> GateConfig:
+    """The gate's settings from a config file; the defaults when the default file is absent."""
+    if not path.exists():
+        if path != DEFAULT_CONFIG:
+            raise ConfigError(f"{path}: no such config file")
+        return GateConfig()
+    return load_config(path, check_files=False).gate_settings()
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:

@@ -127,12 +127,7 @@ class SiteBuilder:
             for b, f in ((baseline, base), (candidate, cand))
         ]
         table = compare_frames(base, cand)
-        return evaluate(
-            Comparison(sides[0], sides[1], False, table),
-            None,
-            self.gate.thresholds.model_dump(exclude_none=True),
-            self.gate.alpha,
-        )
+        return evaluate(Comparison(sides[0], sides[1], False, table), self.gate)
 
     # -- pages ---------------------------------------------------------------------------------------
     def build(self) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from bench.compare import METRICS, Comparison
+from bench.config import GateConfig
 
 
 @dataclass(frozen=True)
@@ -45,16 +46,11 @@ def _nan(x: float | None) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
 
-def evaluate(
-    comparison: Comparison,
-    thresholds_for: dict[str, dict[str, float]] | None = None,
-    default_thresholds: dict[str, float] | None = None,
-    alpha: float = 0.05,
-) -> Verdict:
+def evaluate(comparison: Comparison, gate: GateConfig | None = None) -> Verdict:
     """Judge a comparison. Thresholds are percent changes: negative for t/s, positive for costs."""
+    gate = gate or GateConfig()
     table = comparison.table
     checks: list[Check] = []
-    defaults = default_thresholds or {}
     for model, rows in table.groupby("model", sort=False):
         first = rows.iloc[0]
         base_status, cand_status = first["baseline_status"], first["candidate_status"]
@@ -75,13 +71,13 @@ def evaluate(
             )
             continue
         checks.append(Check(str(model), "load", True, "ok on both"))
-        limits = {**defaults, **(thresholds_for or {}).get(str(model), {})}
+        limits = gate.limits(str(model))
         for row in rows.itertuples():
             metric = str(row.metric)
             threshold = limits.get(metric)
             if threshold is None:
                 continue
-            checks.append(_judge(str(model), metric, row, threshold, alpha))
+            checks.append(_judge(str(model), metric, row, threshold, gate.alpha))
     return Verdict(comparison, checks)
 
 

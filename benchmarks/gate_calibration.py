@@ -22,7 +22,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.compare import Comparison, Side, compare_frames
-from bench.config import GateConfig
+from bench.config import GateConfig, Thresholds
 from bench.gate import evaluate
 from bench.store.db import open_store
 from bench.store.queries import results_frame
@@ -75,7 +75,7 @@ def gate_fails(
     rng: np.random.Generator,
     reps: int,
     drop: float,
-    thresholds: dict[str, float],
+    thresholds: Thresholds,
 ) -> dict[str, bool]:
     picks = {}
     for side, row in (("base", base_row), ("cand", cand_row)):
@@ -88,7 +88,7 @@ def gate_fails(
         _one(base_row, *picks["base"]), _one(cand_row, picks["cand"][0], cand_tg), metrics=("pp_ts", "tg_ts"), ci=False
     )
     side = Side("x", (0,), (0,), "m", "m")
-    verdict = evaluate(Comparison(side, side, False, table), None, thresholds)
+    verdict = evaluate(Comparison(side, side, False, table), GateConfig(thresholds=thresholds))
     return {c.metric: not c.passed for c in verdict.checks if c.metric in ("pp_ts", "tg_ts")}
 
 
@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     reps = 5  # suite.repetitions' default: what a user's gate sees
-    thresholds = GateConfig().thresholds.model_dump(exclude_none=True)
+    thresholds = GateConfig().thresholds
     with tempfile.TemporaryDirectory(prefix="calibration-") as tmp:
         frame = measure_pools(Path(tmp), args.rounds, args.reps_per_round, args.threads).set_index("build")
     a, b = frame.loc["A"], frame.loc["B"]
@@ -118,7 +118,10 @@ def main() -> None:
         f"pools: {len(a['samples_tg_ns'])} samples per build ({args.rounds} interleaved rounds × "
         f"{args.reps_per_round}), tiny Q4_0 on CPU, {args.threads} thread(s); CV pp {cv['pp']:.2%}, tg {cv['tg']:.2%}"
     )
-    print(f"gate thresholds {thresholds}, {reps} repetitions per side, {args.resamples} resamples each")
+    print(
+        f"gate thresholds {thresholds.model_dump(exclude_none=True)}, {reps} repetitions per side, "
+        f"{args.resamples} resamples each"
+    )
     print(f"A/A false-fail rate (pp or tg fails): {false_fail:.2%}   (goal ≤ 1%)")
     print(f"detection rate, {args.drop:.0%} tg drop (tg fails):  {detect:.2%}   (goal ≥ 95%)")
 

@@ -276,3 +276,20 @@ def test_bad_import_is_a_usage_error_and_changes_nothing(tmp_path: Path) -> None
     with sqlite3.connect(db) as con:
         assert con.execute("select count(*) from runs").fetchone()[0] == 1
         assert con.execute("select count(*) from builds where name = 'bad'").fetchone()[0] == 0
+
+
+def test_per_model_thresholds_from_models_yaml_apply(tmp_path: Path) -> None:
+    db = str(tmp_path / "lb.sqlite")
+    for build, f in (("two-threads", "llama-bench-t2.json"), ("one-thread", "llama-bench-t1.jsonl")):
+        bench_cli("import", str(DATA / f), "--format", "llama-bench", "--build", build, "--db", db)
+    (tmp_path / "models.yaml").write_text(
+        "models:\n"
+        "  - {name: tiny-Q4_0, path: x.gguf, thresholds: {pp_ts: -60, tg_ts: -60}}\n"
+        "  - {name: tiny-F16, path: y.gguf}\n"
+        f"builds: [{{name: b, python: {PYTHON}}}]\n"
+        "gate: {thresholds: {pp_ts: -5, tg_ts: -3}}\n"
+    )
+    code, summary, _ = _gate(db, tmp_path, "two-threads", "one-thread")
+    assert code == 1
+    assert "tiny-Q4_0" not in summary.split("### Failures")[1].split("| model |")[0]
+    assert "**tiny-F16** `tg_ts`: REGRESSION" in summary
