@@ -6,7 +6,7 @@ from collections import defaultdict
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import Integer, select
 from sqlalchemy.orm import Session
 
 from bench.errors import StoreError
@@ -59,20 +59,10 @@ RESULT_COLUMNS = [
     "result_id",
     "source",
 ]
-# figures stored as integers (nullable): JSON writers may turn them into floats, readers turn them back
-INT_FIELDS = (
-    "layers_offloaded",
-    "layers_total",
-    "model_bytes",
-    "model_buf_bytes",
-    "kv_bytes",
-    "compute_bytes",
-    "rss_peak_bytes",
-    "gpu_used_bytes",
-    "device_budget_bytes",
-    "exit_code",
-)
-INT_COLUMNS = ["run_id", "n_prompt", "n_gen", "repetitions", *INT_FIELDS, "result_id"]
+# integer columns (nullable): JSON writers may turn them into floats (33.0), readers turn them back
+INT_COLUMNS = [f for f in _RESULT_FIELDS if isinstance(Result.__table__.c[f].type, Integer)] + ["result_id"]
+# the measured figures among them (the rest are keys and suite settings)
+INT_FIELDS = tuple(c for c in INT_COLUMNS if c not in ("run_id", "result_id", "n_prompt", "n_gen", "repetitions"))
 
 
 def results_frame(session: Session, run_ids: list[int] | None = None, *, with_samples: bool = True) -> pd.DataFrame:
