@@ -135,7 +135,8 @@ class SiteBuilder:
             shutil.rmtree(self.out)
         (self.out / "data").mkdir(parents=True)
         shutil.copy(TEMPLATES / "style.css", self.out / "style.css")
-        verdicts = {(fp, a, b): self.comparison(fp, a, b) for fp, a, b in self.pairs()}
+        # bootstrap CIs for every pair: in parallel too
+        verdicts = dict(v for _, v in _in_parallel(self, [("verdict", pair) for pair in self.pairs()]))
         self.overview(verdicts)
         self.verdicts = verdicts
         logs = all_logs(self.session)
@@ -210,15 +211,23 @@ class SiteBuilder:
     def matrix(self, res: pd.DataFrame) -> dict[str, Any]:
         builds = list(dict.fromkeys(res["build"]))
         models = list(dict.fromkeys(res["model"]))
+        layers = res["layers_txt"] if "layers_txt" in res else _display_columns(res)["layers_txt"]
         cells = {}
-        for r in res.itertuples():
-            offload = None if render.missing(r.layers_total) else f"{r.layers_offloaded}/{r.layers_total}"
-            cells[f"{r.build}\x1f{r.model}"] = {
-                "status": r.status,
-                "reason": r.reason or "",
-                "offload": offload,
-                "build": r.build,
-                "model": r.model,
+        # plain lists, not itertuples: a thousand run pages each draw a matrix
+        for build, model, status, reason, offload in zip(
+            res["build"].tolist(),
+            res["model"].tolist(),
+            res["status"].tolist(),
+            res["reason"].tolist(),
+            list(layers),
+            strict=True,
+        ):
+            cells[f"{build}\x1f{model}"] = {
+                "status": status,
+                "reason": reason or "",
+                "offload": None if offload == "–" else offload,
+                "build": build,
+                "model": model,
             }
         grid = [[cells.get(f"{b}\x1f{m}") for m in models] for b in builds]
         return {"builds": builds, "models": models, "grid": grid, "cells": list(cells.values())}
@@ -354,7 +363,7 @@ class SiteBuilder:
             "run.html.j2",
             run=run,
             run_id=run_id,
-            results=res,
+            results=res[_RUN_ROW].astype(object).itertuples(),
             builds=render.records(builds),
             machine=self.machines[int(run["machine_id"])],
             matrix=self.matrix(res),
@@ -390,7 +399,35 @@ def _display_columns(frame: pd.DataFrame) -> dict[str, list[str]]:
         ],
         "file_txt": [render.human_bytes(v) for v in col("model_bytes")],
         "load_txt": ["–" if render.missing(v) else f"{v:.3f}" for v in col("load_s")],
+        "exit_txt": [
+            " ".join(str(x) for x in (e, g) if not render.missing(x))
+            for e, g in zip(col("exit_code"), col("signal"), strict=True)
+        ],
     }
+
+
+# what a run page's rows show: plain Python values only (itertuples over nullable integers is slow)
+_RUN_ROW = [
+    "build",
+    "model",
+    "file_txt",
+    "status",
+    "reason",
+    "layers_txt",
+    "backend",
+    "load_txt",
+    "pp_txt",
+    "tg_txt",
+    "buffers_txt",
+    "rss_txt",
+    "gpu_txt",
+    "exit_txt",
+    "n_prompt",
+    "n_gen",
+    "samples_pp_ns",
+    "samples_tg_ns",
+    "log",
+]
 
 
 _ACTIVE: SiteBuilder | None = None
@@ -399,6 +436,8 @@ _ACTIVE: SiteBuilder | None = None
 def _work(item: tuple[str, Any]) -> tuple[str, Any]:
     assert _ACTIVE is not None
     kind, key = item
+    if kind == "verdict":
+        return kind, (key, _ACTIVE.comparison(*key))
     if kind == "history":
         return kind, _ACTIVE.history_plot(key)
     if kind == "compare":
@@ -413,7 +452,7 @@ def _in_parallel(builder: SiteBuilder, work: list[tuple[str, Any]]) -> list[tupl
     _ACTIVE = builder
     workers = min(os.cpu_count() or 1, 8)
     try:
-        if workers < 2 or len(work) < 16 or "fork" not in mp.get_all_start_methods() or sys.platform == "darwin":
+        if workers < 2 or len(work) < 4 or "fork" not in mp.get_all_start_methods() or sys.platform == "darwin":
             return [_work(item) for item in work]
         with mp.get_context("fork").Pool(workers) as pool:
             return pool.map(_work, work, chunksize=max(1, len(work) // (workers * 4)))

@@ -95,19 +95,35 @@ def results_frame(session: Session, run_ids: list[int] | None = None, *, with_sa
     for test in ("pp", "tg"):
         frame[f"samples_{test}_ns"] = [empty] * len(frame)
     if with_samples and len(frame):
-        sel = select(Sample.result_id, Sample.test, Sample.ns).order_by(Sample.result_id, Sample.seq)
-        if run_ids is not None:
-            sel = sel.join(Result, Sample.result_id == Result.id).where(Result.run_id.in_(run_ids))
-        samples = pd.read_sql(sel, session.connection())  # a million rows: straight from the cursor
-        for test, rows in samples.groupby("test"):
+        for test in ("pp", "tg"):
+            ids, ns = _sample_arrays(session, test, run_ids)
             # rows arrive ordered by result: split the ns column where the result id changes
-            ids, ns = rows["result_id"].to_numpy(), rows["ns"].to_numpy()
-            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-            lists = dict(zip(ids[starts].tolist(), (c.tolist() for c in np.split(ns, starts[1:])), strict=True))
+            lists: dict[int, list[int]] = {}
+            if len(ids):
+                starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+                lists = dict(zip(ids[starts].tolist(), (c.tolist() for c in np.split(ns, starts[1:])), strict=True))
             frame[f"samples_{test}_ns"] = [lists.get(i, empty) for i in frame["result_id"].tolist()]
     frame = frame[RESULT_COLUMNS]
     # nullable integers: a missing figure must not turn the others into floats (33.0 layers)
     return frame.astype({c: "Int64" for c in INT_COLUMNS})
+
+
+def _sample_arrays(session: Session, test: str, run_ids: list[int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """(result ids, ns) of one test's samples, ordered by result and repetition.
+
+    A million integer pairs: read through the DBAPI cursor, since per-row result objects cost seconds."""
+    sel = select(Sample.result_id, Sample.ns).where(Sample.test == test).order_by(Sample.result_id, Sample.seq)
+    if run_ids is not None:
+        sel = sel.join(Result, Sample.result_id == Result.id).where(Result.run_id.in_(run_ids))
+    connection = session.connection()
+    compiled = sel.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True})
+    cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(str(compiled))
+        pairs = np.array(cursor.fetchall(), dtype=np.int64).reshape(-1, 2)
+    finally:
+        cursor.close()
+    return pairs[:, 0], pairs[:, 1]
 
 
 def runs_frame(session: Session) -> pd.DataFrame:
