@@ -366,7 +366,7 @@ class SiteBuilder:
             results=res[_RUN_ROW].astype(object).itertuples(),
             builds=render.records(builds),
             machine=self.machines[int(run["machine_id"])],
-            matrix=self.matrix(res),
+            load_matrix=self.matrix(res),
             title=f"perfgate — run {run_id} ({run['machine']}, {run['started_at']})",
             data=f"data/run-{run_id}.json",
         )

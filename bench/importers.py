@@ -240,7 +240,15 @@ def import_perfgate(session: Session, path: Path) -> list[int]:
         run = runs[key]
         if r["build"] not in run.settings["builds"]:
             run.settings = {**run.settings, "builds": [*run.settings["builds"], r["build"]]}
-        ident = BuildIdentity(r["build"], True, details={"imported_from": str(path)})
+        ident = BuildIdentity(
+            r["build"],
+            True,
+            llama_cpp_version=r.get("build_version"),
+            system_info=r.get("build_system_info"),
+            lib_path=r.get("build_lib_path"),
+            lib_sha256=r.get("build_lib_sha256"),
+            details={"imported_from": str(path)},
+        )
         ident.details["identity_key"] = r.get("build_sha") or r["build"]
         build = upsert_build(session, ident, "perfgate-import")
         model = upsert_model(session, r["model"], r.get("model_path") or r["model"], r.get("model_bytes"), None, {})

@@ -45,7 +45,7 @@ def to_csv(frame: pd.DataFrame) -> str:
 
 def missing(value: Any) -> bool:
     """None, pandas' NA or a float NaN: a figure that was not measured."""
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+    return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value))
 
 
 def human_bytes(n: float | None) -> str:

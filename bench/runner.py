@@ -94,10 +94,15 @@ def default_timeout_s(facts: ModelFacts) -> float:
     return 60.0 + 20.0 * (facts.file_bytes or 0) / 1e9
 
 
-def _die_with_parent() -> None:
-    if sys.platform.startswith("linux"):
-        # PR_SET_PDEATHSIG = 1: a runner killed with SIGKILL takes its worker with it
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+def _die_with_parent(runner_pid: int) -> Callable[[], None]:
+    def arm() -> None:
+        if sys.platform.startswith("linux"):
+            # PR_SET_PDEATHSIG = 1: a runner killed with SIGKILL takes its worker with it
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+            if os.getppid() != runner_pid:  # the runner died between fork and prctl: too late to be told
+                os._exit(1)
+
+    return arm
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,7 @@ def run_worker(python: str, env: dict[str, str], spec: dict[str, Any], timeout_s
                 stdout=log_fh,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent(os.getpid()),
             )
             timed_out, status, rusage = _wait(proc.pid, timeout_s)
             proc.returncode = os.waitstatus_to_exitcode(status)

@@ -104,6 +104,8 @@ def test_run_page_holds_logs_samples_and_json(browser: Browser, site: Path, tmp_
     logs = page.locator("details pre.log")
     assert logs.count() == 6 and "load_tensors" in (logs.first.text_content() or "")
     assert page.locator("a.data").get_attribute("href") == "../data/run-1.json"
+    assert page.locator("table.matrix td.cell[data-status='build_failed']").count() == 2
+    assert page.locator("table.matrix td.cell[data-status='ok']").count() == 4
     assert (site / "data" / "run-1.json").exists()
     history, errors, _ = _open(browser, site / "history.html")
     history.screenshot(path=str(tmp_path / "history.png"), full_page=True)

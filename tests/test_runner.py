@@ -125,7 +125,7 @@ def test_sigkill_mid_matrix_keeps_finished_results_and_resume_completes(
     with sqlite3.connect(db) as con:
         before = con.execute("select id, model_id, pp_ts from results order by id").fetchall()
         run_id, status = con.execute("select id, status from runs").fetchone()
-    assert 2 <= len(before) < 6 and status == "running"
+    assert 2 <= len(before) < 6 and status == "running", (before, status)
     time.sleep(0.5)
     assert processes_matching(r"worker\.py measure") == [], "a worker outlived its runner"
 

@@ -41,7 +41,20 @@ _RESULT_FIELDS = (
     "signal",
     "memory",
 )
-_JOINED = ("result_id", "build", "build_sha", "model", "machine", "machine_fingerprint", "gpu", "source")
+_JOINED = (
+    "result_id",
+    "build",
+    "build_sha",
+    "build_version",
+    "build_lib_path",
+    "build_lib_sha256",
+    "build_system_info",
+    "model",
+    "machine",
+    "machine_fingerprint",
+    "gpu",
+    "source",
+)
 _OWN = [f for f in _RESULT_FIELDS if f != "run_id"]
 _CUT = _OWN.index("repetitions") + 1
 RESULT_COLUMNS = [
@@ -56,6 +69,10 @@ RESULT_COLUMNS = [
     "machine_fingerprint",
     "gpu",
     "build_sha",
+    "build_version",
+    "build_lib_path",
+    "build_lib_sha256",
+    "build_system_info",
     "result_id",
     "source",
 ]
@@ -75,6 +92,10 @@ def results_frame(session: Session, run_ids: list[int] | None = None, *, with_sa
             Result.id.label("result_id"),
             Build.name.label("build"),
             Build.identity_sha.label("build_sha"),
+            Build.llama_cpp_version.label("build_version"),
+            Build.lib_path.label("build_lib_path"),
+            Build.lib_sha256.label("build_lib_sha256"),
+            Build.system_info.label("build_system_info"),
             Model.name.label("model"),
             Machine.hostname.label("machine"),
             Machine.fingerprint.label("machine_fingerprint"),
