@@ -49,6 +49,7 @@ chromium:
 demo: install
 	$(VENV)/bin/bench run --config models.yaml
 	$(VENV)/bin/bench import benchmarks/results/gpu_ladder.json --format perfgate
+	$(VENV)/bin/bench import benchmarks/results/cpu_fallback.json --format perfgate
 	@echo "--- the committed H100 ladder: the sm_80-only build against the sm_90 one (a failing gate is expected)"
 	-$(VENV)/bin/bench gate --baseline good --candidate broken | head -8
 	$(VENV)/bin/bench dashboard --out dashboard/site

@@ -14,6 +14,7 @@ import pandas as pd
 
 from bench.compare import METRICS, Comparison
 from bench.config import GateConfig
+from bench.render import missing
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,9 @@ def evaluate(comparison: Comparison, gate: GateConfig | None = None) -> Verdict:
         first = rows.iloc[0]
         base_status, cand_status = first["baseline_status"], first["candidate_status"]
         if base_status == "ok" and cand_status != "ok":
-            reason = first["candidate_reason"] or "not measured for the candidate"
+            reason = first["candidate_reason"]
+            if missing(reason) or not reason:
+                reason = "not measured for the candidate"
             checks.append(
                 Check(str(model), "load", False, f"loaded ok on the baseline; candidate is {cand_status}: {reason}")
             )

@@ -210,14 +210,15 @@ def measurement_from(
         "exit_code": outcome.returncode,
         "signal": signal.Signals(-outcome.returncode).name if outcome.returncode < 0 else None,
     }
-    ok = status == "ok"
+    # samples are kept whenever the worker measured (a partial offload or CPU fallback still ran);
+    # comparisons only ever use results whose status is ok
     return Measurement(
         status,
         reason,
         suite.n_prompt,
         suite.n_gen,
-        samples_pp_ns=res.get("samples_pp_ns", []) if ok else [],
-        samples_tg_ns=res.get("samples_tg_ns", []) if ok else [],
+        samples_pp_ns=res.get("samples_pp_ns", []),
+        samples_tg_ns=res.get("samples_tg_ns", []),
         log=outcome.log,
         fields=fields,
         memory=memory,

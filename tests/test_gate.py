@@ -293,3 +293,17 @@ def test_per_model_thresholds_from_models_yaml_apply(tmp_path: Path) -> None:
     assert code == 1
     assert "tiny-Q4_0" not in summary.split("### Failures")[1].split("| model |")[0]
     assert "**tiny-F16** `tg_ts`: REGRESSION" in summary
+
+
+def test_a_model_the_candidate_did_not_measure_fails_the_gate(tmp_path: Path) -> None:
+    db = str(tmp_path / "lb.sqlite")
+    bench_cli("import", str(DATA / "llama-bench-t2.json"), "--build", "base", "--db", db)
+    only_q4 = [t for t in json.loads((DATA / "llama-bench-t2-rerun.json").read_text()) if "Q4_0" in t["model_filename"]]
+    subset = tmp_path / "q4-only.json"
+    subset.write_text(json.dumps(only_q4))
+    bench_cli("import", str(subset), "--build", "cand", "--db", db)
+    code, summary, _ = _gate(db, tmp_path, "base", "cand")
+    assert code == 1
+    assert "**tiny-F16** `load`: loaded ok on the baseline; candidate is missing: not measured for the candidate" in (
+        summary
+    )
