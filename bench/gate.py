@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from bench.compare import METRICS, Comparison
 from bench.config import GateConfig
 from bench.render import missing
@@ -162,7 +160,3 @@ def write_step_summary(text: str) -> Path | None:
     with open(target, "a", encoding="utf-8") as fh:
         fh.write(text)
     return Path(target)
-
-
-def checks_frame(verdict: Verdict) -> pd.DataFrame:
-    return pd.DataFrame([c.__dict__ for c in verdict.checks])

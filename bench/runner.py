@@ -19,7 +19,6 @@ from typing import Any
 
 from gguf import GGUFReader
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from sqlalchemy import select
 
 from bench import machine as machine_mod
 from bench.builds import WORKER, BuildIdentity, build_env, identify
@@ -412,8 +411,3 @@ def _default_threads() -> int:
         elif key.strip() == "core id":
             cores.add((socket, value.strip()))
     return len(cores) or os.cpu_count() or 1
-
-
-def latest_run_id(store: Store) -> int | None:
-    with store.session() as session:
-        return session.scalar(select(Run.id).order_by(Run.id.desc()).limit(1))

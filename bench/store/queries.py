@@ -215,13 +215,6 @@ def result_log(session: Session, result_id: int) -> str:
     return log.text if log else ""
 
 
-def machine_of_run(session: Session, run_id: int) -> Machine:
-    run = session.get(Run, run_id)
-    if run is None:
-        raise StoreError(f"no run {run_id} in the store")
-    return run.machine
-
-
 def builds_frame(session: Session) -> pd.DataFrame:
     rows = session.execute(select(Build)).scalars().all()
     return pd.DataFrame(
