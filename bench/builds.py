@@ -29,9 +29,12 @@ class BuildIdentity:
     supports_gpu_offload: bool | None = None
     error_log: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    recorded_sha: str | None = None  # an identity recorded elsewhere (imports): taken as it is
 
     @property
     def identity_sha(self) -> str:
+        if self.recorded_sha is not None:
+            return self.recorded_sha
         if not self.ok:
             return "unusable-" + hashlib.sha256(self.error_log.encode()).hexdigest()[:16]
         key = "|".join(str(x) for x in (self.llama_cpp_version, self.lib_sha256, self.ggml_sha256, self.system_info))

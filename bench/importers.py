@@ -88,8 +88,9 @@ def import_llama_bench(session: Session, path: Path, build_name: str, *, machine
         ggml_sha256=None,
         python=None,
         details={"build_commit": first["build_commit"], "tool": "llama-bench"},
+        recorded_sha=_sha16(first["build_commit"] + str(first.get("backends"))),
     )
-    build = upsert_build(session, _with_sha(ident, first["build_commit"] + str(first.get("backends"))), "llama-bench")
+    build = upsert_build(session, ident, "llama-bench")
     started = _parse_time(first.get("test_time"))
     run = Run(
         machine_id=machine.id,
@@ -130,9 +131,8 @@ def import_llama_bench(session: Session, path: Path, build_name: str, *, machine
     return run.id
 
 
-def _with_sha(ident: BuildIdentity, key: str) -> BuildIdentity:
-    ident.details["identity_key"] = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return ident
+def _sha16(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def _parse_time(text: str | None) -> datetime:
@@ -155,7 +155,9 @@ def import_pytest_benchmark(session: Session, path: Path, build_name: str, *, ma
     cpu = mi.get("cpu", {}).get("brand_raw", "") if isinstance(mi.get("cpu"), dict) else str(mi.get("cpu", ""))
     machine = _machine(session, machine_here, cpu, None, mi.get("node", "pytest-benchmark"))
     commit = data.get("commit_info", {}).get("id") or "unknown"
-    ident = _with_sha(BuildIdentity(build_name, True, details={"commit": commit, "tool": "pytest-benchmark"}), commit)
+    ident = BuildIdentity(
+        build_name, True, details={"commit": commit, "tool": "pytest-benchmark"}, recorded_sha=_sha16(commit)
+    )
     build = upsert_build(session, ident, "pytest-benchmark")
     run = Run(
         machine_id=machine.id,
@@ -248,8 +250,8 @@ def import_perfgate(session: Session, path: Path) -> list[int]:
             lib_path=r.get("build_lib_path"),
             lib_sha256=r.get("build_lib_sha256"),
             details={"imported_from": str(path)},
+            recorded_sha=r.get("build_sha") or r["build"],
         )
-        ident.details["identity_key"] = r.get("build_sha") or r["build"]
         build = upsert_build(session, ident, "perfgate-import")
         model = upsert_model(session, r["model"], r.get("model_path") or r["model"], r.get("model_bytes"), None, {})
         fields: dict[str, Any] = {k: r.get(k) for k in ("load_s", "backend", "signal")}

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -111,7 +110,6 @@ class WorkerOutcome:
     log: str
     result: dict[str, Any] | None
     rss_peak_bytes: int | None
-    wall_s: float
 
 
 def run_worker(python: str, env: dict[str, str], spec: dict[str, Any], timeout_s: float) -> WorkerOutcome:
@@ -119,7 +117,6 @@ def run_worker(python: str, env: dict[str, str], spec: dict[str, Any], timeout_s
     with tempfile.TemporaryDirectory(prefix="perfgate-") as tmp:
         spec_path, out_path, log_path = Path(tmp, "spec.json"), Path(tmp, "result.json"), Path(tmp, "load.log")
         spec_path.write_text(json.dumps(spec))
-        start = time.monotonic()
         with log_path.open("wb") as log_fh:
             proc = subprocess.Popen(
                 [python, str(WORKER), "measure", str(spec_path), str(out_path)],
@@ -133,13 +130,12 @@ def run_worker(python: str, env: dict[str, str], spec: dict[str, Any], timeout_s
             timed_out, status, rusage = _wait(proc.pid, timeout_s)
             proc.returncode = os.waitstatus_to_exitcode(status)
         _reap_group(proc.pid)
-        wall_s = time.monotonic() - start
         log = log_path.read_text(errors="replace")
         result = json.loads(out_path.read_text()) if out_path.exists() and proc.returncode == 0 else None
     rss = rusage.ru_maxrss * (1 if sys.platform == "darwin" else 1024) if rusage else None
     if len(log) > LOG_LIMIT:
         log = log[: LOG_LIMIT // 2] + "\n[... perfgate cut the middle of this log ...]\n" + log[-LOG_LIMIT // 2 :]
-    return WorkerOutcome(proc.returncode, timed_out, log, result, rss, wall_s)
+    return WorkerOutcome(proc.returncode, timed_out, log, result, rss)
 
 
 def _wait(pid: int, timeout_s: float) -> tuple[bool, int, Any]:

@@ -35,7 +35,7 @@ def upsert_machine(session: Session, info: MachineInfo) -> Machine:
 
 
 def upsert_build(session: Session, ident: BuildIdentity, source: str = "perfgate") -> Build:
-    identity_sha = ident.details.get("identity_key") or ident.identity_sha
+    identity_sha = ident.identity_sha
     build = session.scalar(select(Build).where(Build.name == ident.name, Build.identity_sha == identity_sha))
     if build is None:
         build = Build(
