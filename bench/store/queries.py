@@ -41,20 +41,21 @@ _RESULT_FIELDS = (
     "signal",
     "memory",
 )
-_JOINED = (
-    "result_id",
-    "build",
-    "build_sha",
-    "build_version",
-    "build_lib_path",
-    "build_lib_sha256",
-    "build_system_info",
-    "model",
-    "machine",
-    "machine_fingerprint",
-    "gpu",
-    "source",
-)
+# what each result row carries from the tables it joins: column name → source column
+_JOINED = {
+    "result_id": Result.id,
+    "build": Build.name,
+    "build_sha": Build.identity_sha,
+    "build_version": Build.llama_cpp_version,
+    "build_lib_path": Build.lib_path,
+    "build_lib_sha256": Build.lib_sha256,
+    "build_system_info": Build.system_info,
+    "model": Model.name,
+    "machine": Machine.hostname,
+    "machine_fingerprint": Machine.fingerprint,
+    "gpu": Machine.gpu,
+    "source": Run.source,
+}
 _OWN = [f for f in _RESULT_FIELDS if f != "run_id"]
 _CUT = _OWN.index("repetitions") + 1
 RESULT_COLUMNS = [
@@ -89,18 +90,7 @@ def results_frame(session: Session, run_ids: list[int] | None = None, *, with_sa
     stmt = (
         select(
             *(getattr(Result, f) for f in _RESULT_FIELDS),
-            Result.id.label("result_id"),
-            Build.name.label("build"),
-            Build.identity_sha.label("build_sha"),
-            Build.llama_cpp_version.label("build_version"),
-            Build.lib_path.label("build_lib_path"),
-            Build.lib_sha256.label("build_lib_sha256"),
-            Build.system_info.label("build_system_info"),
-            Model.name.label("model"),
-            Machine.hostname.label("machine"),
-            Machine.fingerprint.label("machine_fingerprint"),
-            Machine.gpu.label("gpu"),
-            Run.source.label("source"),
+            *(column.label(name) for name, column in _JOINED.items()),
         )
         .join(Build, Result.build_id == Build.id)
         .join(Model, Result.model_id == Model.id)
