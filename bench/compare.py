@@ -15,17 +15,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bench.errors import StoreError
-from bench.metrics import tokens_per_s
+from bench.metrics import METRICS, tokens_per_s
 from bench.store.models import Build, Machine, Result, Run
 from bench.store.queries import results_frame
 
-# metric → (column, samples column or None, higher is better)
-METRICS: dict[str, tuple[str, str | None, bool]] = {
-    "pp_ts": ("pp_ts", "samples_pp_ns", True),
-    "tg_ts": ("tg_ts", "samples_tg_ns", True),
-    "load_s": ("load_s", None, False),
-    "rss_peak_bytes": ("rss_peak_bytes", None, False),
-}
 BOOTSTRAP_RESAMPLES = 2000
 COMPARE_COLUMNS = [
     "model",
@@ -143,11 +136,11 @@ def mann_whitney_p(base: np.ndarray, cand: np.ndarray) -> float:
 
 
 def metric_values(row: pd.Series, metric: str) -> np.ndarray:
-    col, samples_col, _ = METRICS[metric]
+    samples_col = METRICS[metric].samples_column
     if samples_col is not None:
         n_tokens = row["n_prompt"] if metric == "pp_ts" else row["n_gen"]
         return np.array(tokens_per_s(list(row[samples_col] or []), int(n_tokens)))
-    value = row[col]
+    value = row[metric]
     return np.array([] if value is None or pd.isna(value) else [float(value)])
 
 

@@ -10,10 +10,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bench.errors import ConfigError
+from bench.metrics import METRICS
 from bench.synth import QUANTS, SHAPES, SynthSpec, default_filename
 
 DEFAULT_CONFIG = Path("models.yaml")
-METRICS = ("pp_ts", "tg_ts", "load_s", "rss_peak_bytes")
 
 
 class _Strict(BaseModel):
@@ -44,15 +44,17 @@ class SynthConfig(_Strict):
 
 
 class Thresholds(_Strict):
-    """Allowed change in percent before a significant change fails the gate.
-
-    Negative for throughput (t/s may drop this much), positive for costs (load time, memory).
-    """
+    """Allowed change in percent before a significant change fails the gate, one field per registered
+    metric: negative for throughput (t/s may drop this much), positive for costs (load time, memory)."""
 
     pp_ts: float | None = None
     tg_ts: float | None = None
     load_s: float | None = None
     rss_peak_bytes: float | None = None
+
+
+# typed fields for readers, the registry for the names: a metric added there must be added here
+assert tuple(Thresholds.model_fields) == tuple(METRICS), "Thresholds must name every registered metric"
 
 
 class ModelConfig(_Strict):
@@ -94,7 +96,7 @@ class SuiteConfig(_Strict):
 
 
 class GateConfig(_Strict):
-    thresholds: Thresholds = Thresholds(pp_ts=-5.0, tg_ts=-3.0, load_s=25.0, rss_peak_bytes=5.0)
+    thresholds: Thresholds = Thresholds(**{m.name: m.default_threshold_pct for m in METRICS.values()})
     alpha: float = Field(default=0.05, gt=0, lt=1)
     # per model, merged over `thresholds` (filled from models[].thresholds)
     per_model: dict[str, Thresholds] = {}

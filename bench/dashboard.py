@@ -31,12 +31,13 @@ from bench import render
 from bench.compare import Comparison, Side, compare_frames
 from bench.config import GateConfig
 from bench.gate import Verdict, evaluate
+from bench.metrics import Status
 from bench.store.db import Store
 from bench.store.models import Machine
 from bench.store.queries import RESULT_COLUMNS, all_logs, builds_frame, results_frame, runs_frame
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "dashboard" / "templates"
-STATUS_OK = "ok"
+STATUS_OK = Status.OK
 plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False, "axes.spines.right": False})
 
 

@@ -13,26 +13,6 @@ import signal as signal_module
 from dataclasses import dataclass, field
 from typing import Any
 
-STATUSES = (
-    "ok",
-    "metal_init_failed",
-    "shader_compile_failed",
-    "out_of_memory",
-    "file_not_found",
-    "invalid_gguf",
-    "unsupported_architecture",
-    "partial_offload",
-    "cpu_fallback",
-    "context_failed",
-    "crashed",
-    "timeout",
-    "skipped_does_not_fit",
-    "load_failed",
-    "build_failed",
-)
-# load_failed: the model did not load and the log names no known cause (kept honest, not guessed);
-# build_failed: the build under test has no usable library (it failed to build, link or import)
-
 _FAILURE_RULES: list[tuple[str, re.Pattern[str]]] = [
     (
         "build_failed",

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.compare import METRICS, Comparison
+from bench.compare import Comparison
 from bench.config import GateConfig
+from bench.metrics import METRICS
 from bench.render import missing
 
 
@@ -90,8 +91,7 @@ def _judge(model: str, metric: str, row: Any, threshold: float, alpha: float) ->
     if _nan(ratio):
         return Check(model, metric, True, "no data on one side", threshold_pct=threshold)
     change = (ratio - 1.0) * 100.0
-    higher_better = METRICS[metric][2]
-    beyond = change < threshold if higher_better else change > threshold
+    beyond = METRICS[metric].worse(change, threshold)
     # single values: memory is near-exact, so the threshold alone decides; one load time proves nothing
     significant = p_value < alpha if sampled else metric != "load_s"
     if sampled:

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from bench.diagnose import STATUSES, ExitInfo, classify, parse_memory
+from bench.diagnose import ExitInfo, classify, parse_memory
+from bench.metrics import STATUSES
 from tests.conftest import SHARED_LOGS, bench_cli
 
 MANIFEST = list(csv.DictReader((SHARED_LOGS / "MANIFEST.tsv").open(), delimiter="\t"))

@@ -54,12 +54,13 @@ def make_engine(url: str) -> Engine:
 def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest migration (no-op when it is already there)."""
     cfg = _alembic_config(str(engine.url.render_as_string(hide_password=False)))
-    head = ScriptDirectory.from_config(cfg).get_current_head()
+    # migrations of independent features may branch from one revision: every head is applied
+    heads = set(ScriptDirectory.from_config(cfg).get_heads())
     with engine.begin() as conn:
-        if MigrationContext.configure(conn).get_current_revision() == head:
+        if set(MigrationContext.configure(conn).get_current_heads()) == heads:
             return
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        command.upgrade(cfg, "heads")
 
 
 class Store:
