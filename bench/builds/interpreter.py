@@ -13,7 +13,7 @@ from typing import Any
 
 from bench.config import BuildConfig, Config
 
-WORKER = Path(__file__).with_name("worker.py")
+WORKER = Path(__file__).parents[1] / "worker.py"
 
 
 @dataclass(frozen=True)
