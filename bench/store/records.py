@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Table, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from bench.builds import BuildIdentity
@@ -15,56 +16,69 @@ from bench.metrics import mean_std, tokens_per_s
 from bench.store.models import Build, Machine, Model, Result, ResultLog, Run, Sample, utcnow
 
 
+def insert_if_absent(session: Session, table: Table, key: list[str], values: dict[str, Any]) -> None:
+    """INSERT … ON CONFLICT DO NOTHING: runners writing into one database at once never trip over a row
+    another one inserted between their look-up and their insert."""
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    session.execute(insert(table).values(**values).on_conflict_do_nothing(index_elements=key))
+
+
 def upsert_machine(session: Session, info: MachineInfo) -> Machine:
-    machine = session.scalar(select(Machine).where(Machine.fingerprint == info.fingerprint))
-    if machine is None:
-        machine = Machine(
-            fingerprint=info.fingerprint,
-            hostname=info.hostname,
-            os=info.os,
-            arch=info.arch,
-            cpu=info.cpu,
-            gpu=info.gpu,
-            host_mem_bytes=info.host_mem_bytes,
-            device_budget_bytes=info.device_budget_bytes,
-            details=info.as_dict(),
-        )
-        session.add(machine)
-        session.flush()
-    return machine
+    insert_if_absent(
+        session,
+        Machine.__table__,  # type: ignore[arg-type]
+        ["fingerprint"],
+        {
+            "fingerprint": info.fingerprint,
+            "hostname": info.hostname,
+            "os": info.os,
+            "arch": info.arch,
+            "cpu": info.cpu,
+            "gpu": info.gpu,
+            "host_mem_bytes": info.host_mem_bytes,
+            "device_budget_bytes": info.device_budget_bytes,
+            "details": info.as_dict(),
+        },
+    )
+    return session.scalars(select(Machine).where(Machine.fingerprint == info.fingerprint)).one()
 
 
 def upsert_build(session: Session, ident: BuildIdentity, source: str = "perfgate") -> Build:
     identity_sha = ident.identity_sha
-    build = session.scalar(select(Build).where(Build.name == ident.name, Build.identity_sha == identity_sha))
-    if build is None:
-        build = Build(
-            name=ident.name,
-            identity_sha=identity_sha,
-            llama_cpp_version=ident.llama_cpp_version,
-            system_info=ident.system_info,
-            lib_path=ident.lib_path,
-            lib_sha256=ident.lib_sha256,
-            ggml_sha256=ident.ggml_sha256,
-            python=ident.python,
-            supports_gpu_offload=ident.supports_gpu_offload,
-            details={**ident.details, "source": source, "usable": ident.ok},
-        )
-        session.add(build)
-        session.flush()
-    return build
+    insert_if_absent(
+        session,
+        Build.__table__,  # type: ignore[arg-type]
+        ["name", "identity_sha"],
+        {
+            "name": ident.name,
+            "identity_sha": identity_sha,
+            "llama_cpp_version": ident.llama_cpp_version,
+            "system_info": ident.system_info,
+            "lib_path": ident.lib_path,
+            "lib_sha256": ident.lib_sha256,
+            "ggml_sha256": ident.ggml_sha256,
+            "python": ident.python,
+            "supports_gpu_offload": ident.supports_gpu_offload,
+            "details": {**ident.details, "source": source, "usable": ident.ok},
+        },
+    )
+    return session.scalars(select(Build).where(Build.name == ident.name, Build.identity_sha == identity_sha)).one()
 
 
 def upsert_model(
     session: Session, name: str, path: str, file_bytes: int | None, n_layer: int | None, details: dict[str, Any]
 ) -> Model:
-    model = session.scalar(select(Model).where(Model.name == name, Model.path == path))
-    if model is None:
-        model = Model(name=name, path=path, file_bytes=file_bytes, n_layer=n_layer, details=details)
-        session.add(model)
-    else:
-        model.file_bytes, model.n_layer = file_bytes or model.file_bytes, n_layer or model.n_layer
-        model.details = {**model.details, **details}
+    """A model is its name (one row per name): found again at another path, the row follows the file."""
+    insert_if_absent(
+        session,
+        Model.__table__,  # type: ignore[arg-type]
+        ["name"],
+        {"name": name, "path": path, "file_bytes": file_bytes, "n_layer": n_layer, "details": details},
+    )
+    model = session.scalars(select(Model).where(Model.name == name)).one()
+    model.path = path
+    model.file_bytes, model.n_layer = file_bytes or model.file_bytes, n_layer or model.n_layer
+    model.details = {**model.details, **details}
     session.flush()
     return model
 
@@ -97,25 +111,25 @@ def record_result(
 ) -> Result:
     """Store (or extend, for interleaved rounds) one result and commit it (or leave the commit to an
     importer that writes a whole file in one transaction)."""
-    result = session.scalar(
-        select(Result).where(Result.run_id == run_id, Result.build_id == build_id, Result.model_id == model_id)
+    result_key = {"run_id": run_id, "build_id": build_id, "model_id": model_id}
+    insert_if_absent(
+        session,
+        Result.__table__,  # type: ignore[arg-type]
+        list(result_key),
+        {
+            **result_key,
+            "status": m.status,
+            "reason": m.reason,
+            "n_prompt": m.n_prompt,
+            "n_gen": m.n_gen,
+            "repetitions": 0,
+            "rounds_done": 0,
+            "started_at": started_at or utcnow(),
+            "memory": {},
+        },
     )
-    if result is None:
-        result = Result(
-            run_id=run_id,
-            build_id=build_id,
-            model_id=model_id,
-            status=m.status,
-            reason=m.reason,
-            n_prompt=m.n_prompt,
-            n_gen=m.n_gen,
-            repetitions=0,
-            started_at=started_at or utcnow(),
-            memory={},
-        )
-        session.add(result)
-        session.flush()
-    elif result.status != "ok" and m.status == "ok":
+    result = session.scalars(select(Result).where(*(getattr(Result, k) == v for k, v in result_key.items()))).one()
+    if result.rounds_done and result.status != "ok" and m.status == "ok":
         m = Measurement(result.status, result.reason or "", m.n_prompt, m.n_gen, log=m.log)  # a failed round sticks
     result.status, result.reason = m.status, m.reason
     for key, value in m.fields.items():
@@ -129,8 +143,11 @@ def record_result(
         result.samples.extend(Sample(test=test, seq=seq0[test] + i, ns=int(ns)) for i, ns in enumerate(values))
     pp = [s.ns for s in result.samples if s.test == "pp"]
     tg = [s.ns for s in result.samples if s.test == "tg"]
-    result.pp_ts, result.pp_ts_std = mean_std(tokens_per_s(pp, result.n_prompt))
-    result.tg_ts, result.tg_ts_std = mean_std(tokens_per_s(tg, result.n_gen))
+    # engines that report only a mean and stddev (old llama-bench) set pp_ts/tg_ts through fields
+    if pp:
+        result.pp_ts, result.pp_ts_std = mean_std(tokens_per_s(pp, result.n_prompt))
+    if tg:
+        result.tg_ts, result.tg_ts_std = mean_std(tokens_per_s(tg, result.n_gen))
     result.repetitions = max(len(pp), len(tg))
     result.rounds_done += 1
     if m.log:
