@@ -96,6 +96,8 @@ class Measurement:
     log: str = ""
     fields: dict[str, Any] = field(default_factory=dict)  # load_s, layers_*, backend, memory figures …
     memory: dict[str, Any] = field(default_factory=dict)
+    samples_load_ns: list[int] = field(default_factory=list)  # one per fresh-process load, where measured
+    engine_info: dict[str, Any] = field(default_factory=dict)  # what the engine said of the build (llama-bench)
 
 
 def record_result(
@@ -136,10 +138,10 @@ def record_result(
         if value is not None and (key != "rss_peak_bytes" or value > (result.rss_peak_bytes or 0)):
             setattr(result, key, value)
     result.memory = {**(result.memory or {}), **m.memory}
-    seq0 = {"pp": 0, "tg": 0}
+    seq0 = {"pp": 0, "tg": 0, "load": 0}
     for s in result.samples:
         seq0[s.test] = max(seq0[s.test], s.seq + 1)
-    for test, values in (("pp", m.samples_pp_ns), ("tg", m.samples_tg_ns)):
+    for test, values in (("pp", m.samples_pp_ns), ("tg", m.samples_tg_ns), ("load", m.samples_load_ns)):
         result.samples.extend(Sample(test=test, seq=seq0[test] + i, ns=int(ns)) for i, ns in enumerate(values))
     pp = [s.ns for s in result.samples if s.test == "pp"]
     tg = [s.ns for s in result.samples if s.test == "tg"]
@@ -148,6 +150,9 @@ def record_result(
         result.pp_ts, result.pp_ts_std = mean_std(tokens_per_s(pp, result.n_prompt))
     if tg:
         result.tg_ts, result.tg_ts_std = mean_std(tokens_per_s(tg, result.n_gen))
+    loads = [s.ns for s in result.samples if s.test == "load"]
+    if loads:  # load time from fresh-process loads: the mean of them all
+        result.load_s = sum(loads) / len(loads) / 1e9
     result.repetitions = max(len(pp), len(tg))
     result.rounds_done += 1
     if m.log:
