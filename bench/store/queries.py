@@ -228,3 +228,10 @@ def builds_frame(session: Session) -> pd.DataFrame:
             for b in rows
         ]
     )
+
+
+def machines_frame(session: Session) -> pd.DataFrame:
+    """Every machine with what the site shows of it (host, CPU, GPU, memory)."""
+    cols = ("id", "fingerprint", "hostname", "os", "arch", "cpu", "gpu", "host_mem_bytes", "device_budget_bytes")
+    rows = session.execute(select(*(getattr(Machine, c) for c in cols))).all()
+    return pd.DataFrame([tuple(r) for r in rows], columns=list(cols))
