@@ -22,11 +22,15 @@ class MachineInfo:
     host_mem_bytes: int | None
     device_budget_bytes: int | None
     gpu_kind: str | None  # "cuda", "metal" or None
+    # $PERFGATE_MACHINE_ID: runners on identical hardware (or containers on one host) kept apart on purpose
+    machine_id: str | None = None
 
     @property
     def fingerprint(self) -> str:
         # hardware and OS family only: a rebooted or renamed CI runner is the same machine
         key = "|".join([platform.system(), self.arch, self.cpu, self.gpu or "-", str(self.host_mem_bytes)])
+        if self.machine_id:
+            key = f"id|{self.machine_id}"
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     @property
@@ -99,4 +103,5 @@ def collect() -> MachineInfo:
         host_mem_bytes=host_mem,
         device_budget_bytes=budget,
         gpu_kind=kind,
+        machine_id=os.environ.get("PERFGATE_MACHINE_ID") or None,
     )

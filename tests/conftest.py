@@ -6,7 +6,7 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from bench.synth import SynthSpec, synthesize
+from tests.pg_server import PgServer, pg_bin, pg_server
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -51,8 +52,38 @@ def broken_models(models_dir: Path) -> dict[str, Path]:
     return out
 
 
+# test modules whose `db_url` tests run twice: on SQLite and on a real PostgreSQL server the session starts
+BOTH_BACKENDS = {"test_store", "test_postgres", "test_runner", "test_import", "test_gate", "test_dashboard"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "db_url" in metafunc.fixturenames and metafunc.module.__name__.rsplit(".", 1)[-1] in BOTH_BACKENDS:
+        metafunc.parametrize("db_backend", ["sqlite", "postgresql"])
+
+
 @pytest.fixture
-def db_url(tmp_path: Path) -> str:
+def db_backend() -> str:
+    return "sqlite"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgServer]:
+    """A PostgreSQL server for the whole session (initdb + pg_ctl on a temporary directory, a free port)."""
+    if pg_bin() is None and not os.environ.get("CI"):
+        pytest.skip("PostgreSQL server binaries not installed (`make postgres`)")
+    with pg_server() as server:
+        yield server
+
+
+@pytest.fixture
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, db_backend: str) -> str:
+    """A fresh store: a SQLite file in tmp_path, or a new PostgreSQL database migrated by `bench db upgrade`'s code."""
+    if db_backend == "postgresql":
+        from bench.store.db import upgrade_store
+
+        url = request.getfixturevalue("postgres").create_database()
+        upgrade_store(url)
+        return url
     return f"sqlite:///{tmp_path / 'perfgate.sqlite'}"
 
 

@@ -29,12 +29,21 @@ def run(
     rounds: Annotated[int | None, typer.Option(help="rounds for --interleave (default: repetitions)")] = None,
     force: Annotated[bool, typer.Option("--force", help="run models the fit check would skip")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="wait for another run on this machine to end")] = False,
 ) -> None:
     """Measure every build × model of the config into the store."""
+    from bench.machine import collect
+    from bench.runlock import lock_path, run_lock
     from bench.runner import run_matrix
 
     cfg = load_config(config)
-    with open_store(db) as store:
+    lock = run_lock(
+        lock_path(collect().fingerprint),
+        wait=wait,
+        what=f"bench run --config {config}",
+        on_wait=lambda holder: console.print(f"waiting for the run of {holder}"),
+    )
+    with lock, open_store(db) as store:
         run_id = run_matrix(
             store, cfg, resume_run_id=resume, interleave=interleave, rounds=rounds, force=force, show_progress=not quiet
         )
@@ -55,7 +64,7 @@ def results(
 ) -> None:
     """Show stored results."""
     check_format(fmt, ("table", "json", "csv"))
-    with open_store(db) as store, store.session() as session:
+    with open_store(db, write=False) as store, store.session() as session:
         ids = None if all_runs else [run_or_latest(session, run_id)]
         frame = results_frame(session, ids)
         if logs:
@@ -72,7 +81,7 @@ def results(
 def runs(db: DbOption = None, fmt: FormatOption = "table") -> None:
     """List runs."""
     check_format(fmt, ("table", "json", "csv"))
-    with open_store(db) as store, store.session() as session:
+    with open_store(db, write=False) as store, store.session() as session:
         frame = runs_frame(session).drop(columns=["settings", "machine_id"])
     if fmt == "json":
         sys.stdout.write(render.to_json(frame) + "\n")

@@ -22,7 +22,7 @@ def dashboard(
     from bench.dashboard import build_site
 
     gate = load_gate(config)
-    with open_store(db) as store:
+    with open_store(db, write=False) as store:
         report = build_site(store, out, gate)
     console.print(
         f"dashboard: {report.out / 'index.html'} ({report.pages} pages, {report.bytes_total / 1e6:.1f} MB, "

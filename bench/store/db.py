@@ -1,22 +1,36 @@
-"""Opening the store: URL resolution, SQLite pragmas, Alembic upgrade to head."""
+"""Opening the store: URL resolution, SQLite pragmas, schema checks and the one locked migration.
+
+SQLite files perfgate made are upgraded when a command writes; PostgreSQL is upgraded only by
+`bench db upgrade`, and every other command says so when its schema is behind. A database that is not
+perfgate's is never changed; one at a schema this perfgate does not know is refused."""
 
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
-from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import URL, ExceptionContext, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
+
+from bench.errors import StoreError
 
 DEFAULT_DB = "sqlite:///db/perfgate.sqlite"
 MIGRATIONS = Path(__file__).resolve().parents[2] / "db"
+# the tables every perfgate schema has: a database holding other tables and not these is someone else's
+CORE_TABLES = frozenset({"machines", "builds", "models", "runs", "results", "samples"})
+MIGRATION_LOCK_KEY = 0x70657266  # "perf": PostgreSQL advisory lock taken while migrating
+MIGRATION_BUSY_MS = 120_000  # a second process waits this long for another's migration to commit
 
 
 def resolve_url(db: str | None) -> str:
@@ -24,6 +38,30 @@ def resolve_url(db: str | None) -> str:
     if "://" not in url:  # a bare path means a SQLite file
         url = f"sqlite:///{url}"
     return url
+
+
+def parse_url(url: str) -> URL:
+    """A URL perfgate can use: SQLite or PostgreSQL (psycopg 3 when no driver is named)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StoreError(f"--db {url!r}: not a database URL (sqlite:///PATH, a file path, or postgresql://…)") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise StoreError(
+            f"--db {parsed.render_as_string()}: unknown scheme {parsed.drivername!r}; "
+            "use sqlite:///PATH, a file path, or postgresql+psycopg://USER@HOST/DB"
+        )
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def shown(url: URL) -> str:
+    """How a database is named in messages: its file for SQLite, the URL without password otherwise."""
+    if url.get_backend_name() == "sqlite":
+        return url.database or ":memory:"
+    return url.render_as_string()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -35,6 +73,41 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _as_store_error(where: str) -> Any:
+    """Database failures a user can cause (corrupt file, full disk, server gone) become one `error:` line."""
+
+    def handle(ctx: ExceptionContext) -> None:
+        orig = ctx.original_exception
+        if isinstance(ctx.sqlalchemy_exception, IntegrityError) or isinstance(orig, StoreError):
+            return
+        reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+        raise StoreError(f"{where}: {reason}") from orig
+
+    return handle
+
+
+def make_engine(url: str, *, create: bool = True, poolclass: Any = None) -> Engine:
+    parsed = parse_url(url)
+    where = shown(parsed)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        path = Path(parsed.database)  # type: ignore[arg-type]
+        if path.is_dir():
+            raise StoreError(f"{path}: is a directory, not a SQLite database")
+        if not path.exists():
+            if not create:
+                raise StoreError(f"{path}: no database there yet (`bench run` or `bench import` makes one)")
+            path.parent.mkdir(parents=True, exist_ok=True)
+    kwargs = {"poolclass": poolclass} if poolclass else {}
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except NoSuchModuleError as exc:
+        raise StoreError(f"--db {where}: no driver for {parsed.drivername!r} ({exc})") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    event.listen(engine, "handle_error", _as_store_error(where))
+    return engine
+
+
 def _alembic_config(url: str) -> AlembicConfig:
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -42,35 +115,155 @@ def _alembic_config(url: str) -> AlembicConfig:
     return cfg
 
 
-def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url)
-    if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_pragmas)
-    return engine
-
-
-def upgrade(engine: Engine) -> None:
-    """Bring the schema to the newest migration (no-op when it is already there)."""
-    cfg = _alembic_config(str(engine.url.render_as_string(hide_password=False)))
+def head_revisions() -> frozenset[str]:
     # migrations of independent features may branch from one revision: every head is applied
-    heads = set(ScriptDirectory.from_config(cfg).get_heads())
-    with engine.begin() as conn:
-        if set(MigrationContext.configure(conn).get_current_heads()) == heads:
+    return frozenset(ScriptDirectory.from_config(_alembic_config("sqlite://")).get_heads())
+
+
+def known_revisions() -> frozenset[str]:
+    return frozenset(r.revision for r in ScriptDirectory.from_config(_alembic_config("sqlite://")).walk_revisions())
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    """What a database holds: its tables and the migrations recorded in it."""
+
+    where: str
+    tables: frozenset[str]
+    revisions: frozenset[str]
+
+    @property
+    def empty(self) -> bool:
+        return not (self.tables - {"alembic_version"})
+
+    @property
+    def current(self) -> bool:
+        return self.revisions == head_revisions()
+
+    def check_ours(self) -> None:
+        """Refuse a database perfgate did not make, or one a newer perfgate migrated."""
+        if self.empty:
             return
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "heads")
+        if not self.tables >= CORE_TABLES:
+            others = ", ".join(sorted(self.tables - {"alembic_version"})[:5])
+            raise StoreError(
+                f"{self.where}: not a perfgate database (it holds {others}); perfgate changes nothing in it"
+            )
+        unknown = self.revisions - known_revisions()
+        if unknown:
+            raise StoreError(
+                f"{self.where}: schema revision {', '.join(sorted(unknown))} is newer than this perfgate knows "
+                f"(newest here: {', '.join(sorted(head_revisions()))}); upgrade perfgate"
+            )
+
+
+def _state_of(conn: Connection, where: str) -> SchemaState:
+    tables = frozenset(inspect(conn).get_table_names())
+    revisions: frozenset[str] = frozenset()
+    if "alembic_version" in tables:
+        revisions = frozenset(conn.execute(text("SELECT version_num FROM alembic_version")).scalars())
+    return SchemaState(where, tables, revisions)
+
+
+def _sqlite_state(path: Path) -> SchemaState:
+    """Look into a SQLite file read-only, before any pragma (WAL would change someone else's file)."""
+    revisions: frozenset[str] = frozenset()
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot open it ({exc})") from None
+    try:
+        tables = frozenset(r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
+        if "alembic_version" in tables:
+            revisions = frozenset(r[0] for r in conn.execute("SELECT version_num FROM alembic_version"))
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: cannot read it as a SQLite database ({exc})") from None
+    finally:
+        conn.close()
+    return SchemaState(str(path), tables, revisions)
+
+
+def schema_state(engine: Engine) -> SchemaState:
+    url = engine.url
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        path = Path(url.database)  # type: ignore[arg-type]
+        if path.exists():
+            return _sqlite_state(path)
+        return SchemaState(str(path), frozenset(), frozenset())
+    with engine.connect() as conn:
+        return _state_of(conn, shown(url))
+
+
+def upgrade(engine: Engine) -> bool:
+    """Bring the schema to the newest migration, all of it in one transaction under a lock, so two
+    processes on a new database, or a kill mid-way, never leave half a schema. True when it migrated."""
+    state = schema_state(engine)
+    state.check_ours()
+    if state.current:
+        return False
+    url = engine.url.render_as_string(hide_password=False)
+    sqlite = engine.dialect.name == "sqlite"
+    # its own engine: SQLite's driver must leave transactions to us (it would commit before each DDL)
+    migrator = make_engine(url, poolclass=NullPool)
+    if sqlite:
+        event.listen(migrator, "connect", lambda dbapi_conn, _r: setattr(dbapi_conn, "isolation_level", None))
+    try:
+        with migrator.connect() as conn:
+            if sqlite:
+                conn.exec_driver_sql(f"PRAGMA busy_timeout={MIGRATION_BUSY_MS}")
+                conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock: a second migrator waits here
+            else:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_KEY})
+            state = _state_of(conn, state.where)  # what the process before us may have done meanwhile
+            state.check_ours()
+            if state.current:
+                conn.rollback()
+                return False
+            cfg = _alembic_config(url)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "heads")
+            conn.commit()  # the driver's commit ends the BEGIN IMMEDIATE transaction too
+    finally:
+        migrator.dispose()
+    return True
+
+
+def ensure_schema(engine: Engine, *, write: bool) -> None:
+    """Check the schema before a command uses the store; migrate perfgate's own SQLite files."""
+    state = schema_state(engine)
+    state.check_ours()
+    if state.current:
+        return
+    if engine.dialect.name == "sqlite":
+        if write or not state.empty:
+            upgrade(engine)
+            return
+        raise StoreError(f"{state.where}: holds no perfgate data yet (`bench run` or `bench import` makes some)")
+    have = ", ".join(sorted(state.revisions)) or "no perfgate schema"
+    raise StoreError(
+        f"{state.where}: {have}, perfgate needs {', '.join(sorted(head_revisions()))}: "
+        f"run `bench db upgrade --db {engine.url.render_as_string()}`"
+    )
 
 
 class Store:
-    """A migrated database and a session factory over it."""
+    """A database at the newest schema and a session factory over it.
 
-    def __init__(self, url: str) -> None:
+    `write=False` (results, compare, gate, dashboard …) never creates a database."""
+
+    def __init__(self, url: str, *, write: bool = True) -> None:
         self.url = url
-        self.engine = make_engine(url)
-        upgrade(self.engine)
+        self.engine = make_engine(url, create=write)
+        try:
+            ensure_schema(self.engine, write=write)
+        except BaseException:
+            self.engine.dispose()
+            raise
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
 
     def session(self) -> Session:
         return self.sessions()
@@ -80,9 +273,18 @@ class Store:
 
 
 @contextmanager
-def open_store(db: str | None = None) -> Iterator[Store]:
-    store = Store(resolve_url(db))
+def open_store(db: str | None = None, *, write: bool = True) -> Iterator[Store]:
+    store = Store(resolve_url(db), write=write)
     try:
         yield store
     finally:
         store.close()
+
+
+def upgrade_store(db: str | None) -> tuple[str, bool]:
+    """`bench db upgrade`: (where, migrated?)."""
+    engine = make_engine(resolve_url(db))
+    try:
+        return shown(engine.url), upgrade(engine)
+    finally:
+        engine.dispose()

@@ -2,19 +2,48 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Dialect, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def new_run_key() -> str:
+    return str(uuid.uuid4())
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """`timestamp with time zone` in the database; naive UTC in Python on every backend.
+
+    PostgreSQL hands back aware values and SQLite naive ones: one convention keeps pandas from mixing them."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value if dialect.name == "sqlite" else value.replace(tzinfo=UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return value.astimezone(UTC).replace(tzinfo=None) if value is not None and value.tzinfo else value
+
+
 class Base(DeclarativeBase):
-    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, int: BigInteger}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dict[str, Any]: JSON,
+        int: BigInteger,
+        datetime: UTCDateTime,
+    }
 
 
 class Machine(Base):
@@ -49,7 +78,8 @@ class Build(Base):
 
 class Model(Base):
     __tablename__ = "models"
-    __table_args__ = (UniqueConstraint("name", "path"),)
+    # a model is its name: the same name imported from a moved path is the same model (migration 0002)
+    __table_args__ = (UniqueConstraint("name", "path"), Index("uq_models_name", "name", unique=True))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(255), index=True)
     path: Mapped[str] = mapped_column(Text)
@@ -60,10 +90,13 @@ class Model(Base):
 
 class Run(Base):
     __tablename__ = "runs"
+    __table_args__ = (Index("uq_runs_uuid", "uuid", unique=True),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # the run's identity across databases: `bench push` copies a run once, whatever its id is there
+    uuid: Mapped[str] = mapped_column(String(36), default=new_run_key)
     machine_id: Mapped[int] = mapped_column(ForeignKey("machines.id"))
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
-    finished_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None] = mapped_column(index=True)
     status: Mapped[str] = mapped_column(String(32), default="running")
     source: Mapped[str] = mapped_column(String(32), default="perfgate")
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -76,7 +109,7 @@ class Result(Base):
     __table_args__ = (UniqueConstraint("run_id", "build_id", "model_id"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"), index=True)
-    build_id: Mapped[int] = mapped_column(ForeignKey("builds.id"))
+    build_id: Mapped[int] = mapped_column(ForeignKey("builds.id"), index=True)
     model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
     status: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str | None] = mapped_column(Text)
