@@ -1,0 +1,190 @@
+"""Change points over nightly history: where a build line's series shifted, and where its load status changed.
+
+A *build line* is one build name measured on one machine with one model, over successive runs (ordered by
+when each run finished). A nightly job that rebuilds `master` and measures it under the name `master` makes
+one line per model; each night's point may be a different build (a new identity, a new commit), which is
+the point: a shift lands between two builds of the line, and the commits between them are the suspects.
+Two builds measured in the same run (a gate's baseline and candidate) are two lines, never mixed.
+
+Shifts are found by PELT (`ruptures`) over the log of each run's figure, scaled by a robust estimate of
+the run-to-run noise (from successive differences, which a step hardly moves), so one penalty
+serves a GPU's 0.3 % noise and a busy CPU's 10 %. A shift is kept when both sides hold `min_size` runs and
+the medians differ by at least `min_shift_pct`. Only `ok` results carry a series; every change of load
+status between successive runs (ok → crashed, crashed → ok) is a change point of its own.
+`benchmarks/changes_calibration.py` measures the false-change and detection rates of these settings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import ruptures
+from sqlalchemy.orm import Session
+
+from bench.metrics import METRICS, Status
+from bench.store.changes import series_frame, store_changes
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    """Tuned by benchmarks/changes_calibration.py: ≤ 1 false change per 100 A/A series, ≥ 95 % of 5 % steps."""
+
+    min_size: int = 3  # runs on each side of a shift: one odd night is noise, not a change
+    penalty_per_log_n: float = 5.0  # PELT's penalty, × ln(n), in units of the noise variance
+    min_shift_pct: float = 1.0  # smaller, statistically clear shifts are not worth a report
+
+
+@dataclass(frozen=True)
+class Shift:
+    """A step in one series: `index` is the first point after it."""
+
+    index: int
+    before: float  # median of the segment before
+    after: float  # median of the segment after
+    shift_pct: float
+
+
+def noise_scale(log_values: np.ndarray) -> float:
+    """σ of one point, from the mean square successive difference (von Neumann): a step moves one
+    difference only, and unlike a median it does not collapse on two-mode noise (a warm-up repetition
+    that is slow in some runs and not in others)."""
+    diffs = np.diff(log_values)
+    if len(diffs) == 0:
+        return 0.0
+    return float(np.sqrt(np.mean(diffs**2) / 2))
+
+
+def find_shifts(values: Sequence[float], settings: DetectorSettings = DetectorSettings()) -> list[Shift]:
+    """Steps in a series of positive figures (one per run, in run order)."""
+    x = np.log(np.asarray(values, dtype=float))
+    n = len(x)
+    if n < 2 * settings.min_size or not np.all(np.isfinite(x)):
+        return []
+    sigma = noise_scale(x)
+    if sigma == 0.0:  # exact repeats (a byte count): any difference beyond the floor is a step
+        sigma = settings.min_shift_pct / 100 / 10
+    algo = ruptures.Pelt(model="l2", min_size=settings.min_size, jump=1).fit(x / sigma)
+    ends = algo.predict(pen=settings.penalty_per_log_n * math.log(n))
+    bounds = [0, *ends]
+    shifts = []
+    for i in range(1, len(bounds) - 1):
+        before = float(np.exp(np.median(x[bounds[i - 1] : bounds[i]])))
+        after = float(np.exp(np.median(x[bounds[i] : bounds[i + 1]])))
+        shift_pct = (after / before - 1) * 100
+        if abs(shift_pct) >= settings.min_shift_pct:
+            shifts.append(Shift(bounds[i], before, after, shift_pct))
+    return shifts
+
+
+def find_status_changes(statuses: Sequence[str]) -> list[int]:
+    """Indexes where the load status differs from the run before (ok → failed and back)."""
+    return [i for i in range(1, len(statuses)) if statuses[i] != statuses[i - 1]]
+
+
+# one point of a build line: what `bench.store.changes.series_frame` returns per result
+POINT_COLUMNS = (
+    "machine_fingerprint",
+    "machine",
+    "build",
+    "model",
+    "run_id",
+    "run_at",
+    "build_id",
+    "build_sha",
+    "commit",
+    "status",
+    *METRICS,
+)
+LINE_KEY = ["machine_fingerprint", "build", "model"]
+
+
+@dataclass(frozen=True)
+class DetectedChange:
+    """A change in one build line between two successive runs: a shift of a metric, or of load status."""
+
+    machine_fingerprint: str
+    build: str
+    model: str
+    metric: str  # a METRICS name, or "status"
+    kind: str  # "shift" | "status"
+    run_before: int
+    run_after: int
+    build_id_before: int
+    build_id_after: int
+    commit_before: str | None
+    commit_after: str | None
+    value_before: float | None
+    value_after: float | None
+    shift_pct: float | None
+    status_before: str
+    status_after: str
+    run_at: datetime | None  # when the first run after the change finished
+
+
+def detect(points: pd.DataFrame, settings: DetectorSettings = DetectorSettings()) -> list[DetectedChange]:
+    """Every change point of every build line in `points` (rows in POINT_COLUMNS, any order)."""
+    found: list[DetectedChange] = []
+    for _, line in points.sort_values(["run_at", "run_id"], kind="stable").groupby(LINE_KEY, sort=True):
+        rows = line.to_dict("records")
+        for i in find_status_changes([r["status"] for r in rows]):
+            found.append(_change(rows[i - 1], rows[i], "status", "status", None, None, None))
+        ok = [r for r in rows if r["status"] == Status.OK]
+        for metric in METRICS:
+            usable = [r for r in ok if _positive(r[metric])]
+            for s in find_shifts([float(r[metric]) for r in usable], settings):
+                found.append(_change(usable[s.index - 1], usable[s.index], metric, "shift", s.before, s.after, s))
+    return found
+
+
+def refresh(
+    session: Session,
+    *,
+    machine: str | None = None,
+    model: str | None = None,
+    settings: DetectorSettings = DetectorSettings(),
+) -> int:
+    """Detect the change points of every build line (of a machine, of a model) and store them; returns how
+    many are new. Safe to repeat: the table then already holds exactly what is found."""
+    points = series_frame(session, machine=machine, model=model)
+    lines = [tuple(key) for key in points[LINE_KEY].drop_duplicates().itertuples(index=False)]
+    return store_changes(session, lines, detect(points, settings))
+
+
+def _positive(value: Any) -> bool:
+    return value is not None and not pd.isna(value) and float(value) > 0
+
+
+def _change(
+    before: dict[str, Any],
+    after: dict[str, Any],
+    metric: str,
+    kind: str,
+    value_before: float | None,
+    value_after: float | None,
+    shift: Shift | None,
+) -> DetectedChange:
+    return DetectedChange(
+        machine_fingerprint=after["machine_fingerprint"],
+        build=after["build"],
+        model=after["model"],
+        metric=metric,
+        kind=kind,
+        run_before=int(before["run_id"]),
+        run_after=int(after["run_id"]),
+        build_id_before=int(before["build_id"]),
+        build_id_after=int(after["build_id"]),
+        commit_before=before["commit"],
+        commit_after=after["commit"],
+        value_before=value_before,
+        value_after=value_after,
+        shift_pct=None if shift is None else shift.shift_pct,
+        status_before=before["status"],
+        status_after=after["status"],
+        run_at=after["run_at"],
+    )
