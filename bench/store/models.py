@@ -157,3 +157,28 @@ class ResultLog(Base):
     __tablename__ = "result_logs"
     result_id: Mapped[int] = mapped_column(ForeignKey("results.id"), primary_key=True)
     text: Mapped[str] = mapped_column(Text)
+
+
+class ChangePoint(Base):
+    """Where one build line (machine × build name × model) changed between two successive runs: a shift of
+    a metric (kind "shift") or of load status (kind "status", metric "status"). Written by bench.changes."""
+
+    __tablename__ = "change_points"
+    __table_args__ = (UniqueConstraint("machine_id", "build_name", "model_name", "metric", "run_after_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    machine_id: Mapped[int] = mapped_column(Integer, ForeignKey("machines.id"))
+    build_name: Mapped[str] = mapped_column(String(255))
+    model_name: Mapped[str] = mapped_column(String(255))
+    metric: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))
+    run_before_id: Mapped[int] = mapped_column(Integer, ForeignKey("runs.id"))
+    run_after_id: Mapped[int] = mapped_column(Integer, ForeignKey("runs.id"))
+    build_before_id: Mapped[int] = mapped_column(Integer, ForeignKey("builds.id"))
+    build_after_id: Mapped[int] = mapped_column(Integer, ForeignKey("builds.id"))
+    value_before: Mapped[float | None]
+    value_after: Mapped[float | None]
+    shift_pct: Mapped[float | None]
+    status_before: Mapped[str] = mapped_column(String(32))
+    status_after: Mapped[str] = mapped_column(String(32))
+    detected_at: Mapped[datetime] = mapped_column(default=utcnow)
+    first_reported_at: Mapped[datetime | None]  # when `bench changes --new` first listed it; None: new
