@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, select
+from sqlalchemy import Connection, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -16,11 +16,19 @@ from bench.metrics import mean_std, tokens_per_s
 from bench.store.models import Build, Machine, Model, Result, ResultLog, Run, Sample, utcnow
 
 
-def insert_if_absent(session: Session, table: Table, key: list[str], values: dict[str, Any]) -> None:
+def insert_if_absent(
+    db: Session | Connection, table: Table, key: list[str], values: dict[str, Any], *, returning: Any = None
+) -> Any:
     """INSERT … ON CONFLICT DO NOTHING: runners writing into one database at once never trip over a row
-    another one inserted between their look-up and their insert."""
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    session.execute(insert(table).values(**values).on_conflict_do_nothing(index_elements=key))
+    another one inserted between their look-up and their insert. With `returning`: that column of the new
+    row, or None when the row was there already."""
+    dialect = (db.get_bind() if isinstance(db, Session) else db).dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = insert(table).values(**values).on_conflict_do_nothing(index_elements=key)
+    if returning is None:
+        db.execute(stmt)
+        return None
+    return db.execute(stmt.returning(returning)).scalar()
 
 
 def upsert_machine(session: Session, info: MachineInfo) -> Machine:

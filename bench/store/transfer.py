@@ -1,0 +1,114 @@
+"""Copying runs between stores (`bench push`): a runner's local runs into the central database, each once.
+
+A run is known everywhere by its uuid (set when it starts); its machine by fingerprint, its builds by
+(name, identity), its models by name. Each run is copied whole in one transaction: a push that dies half
+way leaves nothing half there, and the next push (or a second runner pushing the same file) finds the
+uuid and adds nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from sqlalchemy import Connection, Table, insert, select
+
+from bench.store.db import Store
+from bench.store.models import Build, Machine, Model, Result, ResultLog, Run, Sample
+from bench.store.records import insert_if_absent
+
+
+def _table(cls: Any) -> Table:
+    return cast(Table, cls.__table__)
+
+
+_T = {name: _table(cls) for name, cls in (("machine", Machine), ("build", Build), ("model", Model))}
+
+
+@dataclass
+class PushReport:
+    copied: dict[int, int] = field(default_factory=dict)  # local run id → its id in the central database
+    already: list[int] = field(default_factory=list)  # local run ids the central database holds
+    unfinished: list[int] = field(default_factory=list)  # runs still running (or killed: resume them first)
+    results: int = 0
+    samples: int = 0
+
+
+def _values(table: Any, row: Any, *, drop: tuple[str, ...] = ("id",)) -> dict[str, Any]:
+    return {c.name: row._mapping[c.name] for c in table.columns if c.name not in drop}
+
+
+def _id_of(conn: Connection, table: Table, key: dict[str, Any]) -> int:
+    return int(conn.execute(select(table.c.id).where(*(table.c[k] == v for k, v in key.items()))).scalar_one())
+
+
+def _ensure(conn: Connection, kind: str, row: Any, key: tuple[str, ...]) -> int:
+    table = _T[kind]
+    values = _values(table, row)
+    insert_if_absent(conn, table, list(key), values)
+    return _id_of(conn, table, {k: values[k] for k in key})
+
+
+def copy_runs(local: Store, central: Store) -> PushReport:
+    report = PushReport()
+    with local.engine.connect() as src:
+        runs = src.execute(select(Run.__table__).order_by(Run.id)).all()
+        for run in runs:
+            if run.status == "running":
+                report.unfinished.append(run.id)
+                continue
+            with central.engine.begin() as dst:
+                if dst.execute(select(Run.id).where(Run.uuid == run.uuid)).first() is not None:
+                    report.already.append(run.id)
+                    continue
+                new_id = _copy_run(src, dst, run, report)
+                if new_id is None:  # another push of the same file got there first
+                    report.already.append(run.id)
+                else:
+                    report.copied[run.id] = new_id
+    return report
+
+
+def _copy_run(src: Connection, dst: Connection, run: Any, report: PushReport) -> int | None:
+    machine = src.execute(select(Machine.__table__).where(Machine.id == run.machine_id)).one()
+    machine_id = _ensure(dst, "machine", machine, ("fingerprint",))
+    run_table = _table(Run)
+    new_run_id = insert_if_absent(
+        dst,
+        run_table,
+        ["uuid"],
+        {**_values(run_table, run), "machine_id": machine_id},
+        returning=run_table.c.id,
+    )
+    if new_run_id is None:
+        return None
+    results = src.execute(select(Result.__table__).where(Result.run_id == run.id).order_by(Result.id)).all()
+    build_ids: dict[int, int] = {}
+    model_ids: dict[int, int] = {}
+    result_table = _table(Result)
+    for result in results:
+        if result.build_id not in build_ids:
+            build = src.execute(select(Build.__table__).where(Build.id == result.build_id)).one()
+            build_ids[result.build_id] = _ensure(dst, "build", build, ("name", "identity_sha"))
+        if result.model_id not in model_ids:
+            model = src.execute(select(Model.__table__).where(Model.id == result.model_id)).one()
+            model_ids[result.model_id] = _ensure(dst, "model", model, ("name",))
+        values = {
+            **_values(result_table, result),
+            "run_id": new_run_id,
+            "build_id": build_ids[result.build_id],
+            "model_id": model_ids[result.model_id],
+        }
+        new_id = dst.execute(insert(result_table).values(**values).returning(result_table.c.id)).scalar_one()
+        samples = src.execute(
+            select(Sample.test, Sample.seq, Sample.ns).where(Sample.result_id == result.id).order_by(Sample.id)
+        ).all()
+        if samples:
+            dst.execute(
+                insert(_table(Sample)), [{"result_id": new_id, "test": t, "seq": s, "ns": ns} for t, s, ns in samples]
+            )
+        log = src.execute(select(ResultLog.text).where(ResultLog.result_id == result.id)).scalar()
+        if log is not None:
+            dst.execute(insert(_table(ResultLog)).values(result_id=new_id, text=log))
+        report.results += 1
+        report.samples += len(samples)
+    return int(new_run_id)
