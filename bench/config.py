@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from bench.errors import ConfigError
 from bench.metrics import METRICS
 from bench.synth import QUANTS, SHAPES, SynthSpec, default_filename
 
 DEFAULT_CONFIG = Path("models.yaml")
+DEFAULT_PYTHON = Path(".venv/bin/python")
 
 
 class _Strict(BaseModel):
@@ -23,7 +24,7 @@ class _Strict(BaseModel):
 class SynthConfig(_Strict):
     shape: str
     quant: str = "Q4_0"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
 
     @field_validator("shape")
     @classmethod
@@ -71,28 +72,104 @@ class ModelConfig(_Strict):
         return self
 
 
+ENGINES = ("llama-cpp-python", "llama-bench", "koboldcpp")
+_PIP_SPEC = r"^[A-Za-z0-9_.\-]+(\[[A-Za-z0-9_,\-]+\])?==[A-Za-z0-9_.+\-]+$"
+
+
+class SourceConfig(_Strict):
+    """Where a build's code comes from: exactly one of git, dir, sdist, pip."""
+
+    git: str | None = None  # a repository the runner can reach (path or URL)
+    ref: str | None = None  # tag, branch or sha (git only; default HEAD)
+    dir: Path | None = None  # a working tree, taken as it is
+    in_place: bool = False  # dir only: build inside the tree instead of a copy
+    sdist: str | None = Field(default=None, pattern=_PIP_SPEC)  # llama-cpp-python==0.2.57: its vendored llama.cpp
+    pip: str | None = Field(default=None, pattern=_PIP_SPEC)  # llama-cpp-python==0.2.90 in its own venv
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SourceConfig:
+        given = [k for k in ("git", "dir", "sdist", "pip") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of git, dir, sdist, pip (got {', '.join(given) or 'none'})")
+        if self.ref is not None and self.git is None:
+            raise ValueError("'ref' goes with 'git'")
+        if self.in_place and self.dir is None:
+            raise ValueError("'in_place' goes with 'dir'")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("git", "dir", "sdist", "pip") if getattr(self, k) is not None)
+
+
 class BuildConfig(_Strict):
-    name: str = Field(min_length=1)
-    python: Path = Path(".venv/bin/python")
-    lib: Path | None = None
+    name: str = Field(min_length=1, max_length=200)
+    engine: Literal["llama-cpp-python", "llama-bench", "koboldcpp"] = "llama-cpp-python"
+    python: Path | None = None  # llama-cpp-python: an interpreter with llama_cpp (default .venv/bin/python)
+    lib: Path | None = None  # llama-cpp-python: LLAMA_CPP_LIB_PATH
+    path: Path | None = None  # llama-bench: the binary or its directory; koboldcpp: its checkout or binary
+    source: SourceConfig | None = None  # built by `bench build`
+    system: Literal["cmake", "make"] = "cmake"
+    cmake_args: list[str] | None = None  # None: suite.cmake_args
+    make_vars: dict[str, str | int] = {}
+    targets: list[str] | None = None  # None: what the engine needs
+    args: list[str] = []  # extra engine arguments (KoboldCPP backend flags such as --usecublas)
     env: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _fits_engine(self) -> BuildConfig:
+        built = self.source is not None
+        if self.engine == "llama-cpp-python":
+            if self.path is not None:
+                raise ValueError("'path' is for the llama-bench and koboldcpp engines; use 'python'/'lib'")
+            if built and (self.python is not None or self.lib is not None):
+                raise ValueError("a built llama-cpp-python build gets its 'python'/'lib' from 'source'")
+        else:
+            if self.python is not None or self.lib is not None:
+                raise ValueError(f"'python'/'lib' are for the llama-cpp-python engine, not {self.engine}")
+            if built == (self.path is not None):
+                raise ValueError(f"the {self.engine} engine needs exactly one of 'path' or 'source'")
+            if self.source is not None and self.source.pip is not None:
+                raise ValueError(f"source.pip installs llama-cpp-python; the {self.engine} engine needs git/dir/sdist")
+        return self
+
+
+_TOKENS_MAX = 1 << 20  # far above any context a GGUF of today declares
 
 
 class SuiteConfig(_Strict):
-    n_prompt: int = Field(default=512, ge=0)
-    n_gen: int = Field(default=128, ge=0)
-    repetitions: int = Field(default=5, ge=1)
-    warmup: int = Field(default=1, ge=0)
-    n_gpu_layers: int | Literal["all"] = "all"
-    n_batch: int = Field(default=2048, ge=1)
-    n_ubatch: int = Field(default=512, ge=1)
-    threads: int | None = Field(default=None, ge=1)
+    # bounds are refused at config time: a run must never start what it cannot finish or store
+    n_prompt: int = Field(default=512, ge=0, le=_TOKENS_MAX)
+    n_gen: int = Field(default=128, ge=0, le=_TOKENS_MAX)
+    repetitions: int = Field(default=5, ge=1, le=1000)
+    warmup: int = Field(default=1, ge=0, le=100)
+    n_gpu_layers: int | Literal["all"] = Field(default="all", union_mode="left_to_right")
+    n_batch: int = Field(default=2048, ge=1, le=_TOKENS_MAX)
+    n_ubatch: int = Field(default=512, ge=1, le=_TOKENS_MAX)
+    threads: int | None = Field(default=None, ge=1, le=4096)
     flash_attn: Literal["auto", "on", "off"] = "auto"
-    timeout_s: float | None = Field(default=None, gt=0)
+    timeout_s: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
     expect_gpu: bool | Literal["auto"] = "auto"
     on_missing_model: Literal["error", "record"] = "error"
     models_dir: Path = Path("models")
     device_budget_bytes: int | None = Field(default=None, gt=0)  # overrides the detected budget
+    cmake_args: list[str] = []  # every built build's default (a build's own cmake_args replace it)
+    build_cache: Path | None = None  # default $PERFGATE_BUILD_CACHE or ~/.cache/perfgate/builds
+
+    @field_validator("n_gpu_layers")
+    @classmethod
+    def _layers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not -1 <= v <= 100_000:
+            raise ValueError("expected 'all', -1 (all) or a layer count from 0 to 100000")
+        return v
+
+    def settings_key(self) -> dict[str, object]:
+        """What makes two runs' numbers comparable: the suite settings that change the measurement."""
+        return {
+            k: v
+            for k, v in self.model_dump(mode="json").items()
+            if k in ("n_prompt", "n_gen", "n_gpu_layers", "n_batch", "n_ubatch", "threads", "flash_attn")
+        }
 
 
 class GateConfig(_Strict):
@@ -108,13 +185,36 @@ class GateConfig(_Strict):
         return merged
 
 
+class DashboardConfig(_Strict):
+    """What the site compares against (policy, not page building)."""
+
+    baseline: str | None = None  # a build name every newest run is held to
+    baseline_pattern: str | None = None  # or: the newest earlier build whose name matches this glob ("v*")
+    # GB/s by machine hostname, fingerprint or GPU name, over the table of known chips (bench.site.roofline)
+    bandwidth_gbs: dict[str, float] = {}
+    # each machine × build's newest nightlies get a page against the night before (comparing costs time)
+    nightly_pages: int = Field(default=7, ge=0, le=10_000)
+
+    @model_validator(mode="after")
+    def _one_baseline(self) -> DashboardConfig:
+        if self.baseline is not None and self.baseline_pattern is not None:
+            raise ValueError("give either 'baseline' or 'baseline_pattern'")
+        return self
+
+
 class Config(_Strict):
     models: list[ModelConfig] = Field(min_length=1)
     builds: list[BuildConfig] = Field(min_length=1)
     suite: SuiteConfig = SuiteConfig()
     gate: GateConfig = GateConfig()
+    dashboard: DashboardConfig = DashboardConfig()
     source: Path = DEFAULT_CONFIG
     base_dir: Path = Path(".")
+    _root: Any = PrivateAttr(default=None)  # the YAML node tree, for file:line in later errors
+
+    def where(self, *loc: Any) -> str:
+        """'file:line: dotted.field' of a config entry, for errors found after loading (a git ref …)."""
+        return f"{self.source}:{_line_of(self._root, loc) or 1}: {_dotted(loc)}"
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:
@@ -172,15 +272,30 @@ def _dotted(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys silently; a config that says a thing twice is refused."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: Path | str = DEFAULT_CONFIG, *, check_files: bool = True) -> Config:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from exc
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file (byte {exc.start} is not UTF-8)") from exc
     try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text)
+        root = yaml.compose(text, Loader=_UniqueKeyLoader)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
@@ -203,6 +318,7 @@ def load_config(path: Path | str = DEFAULT_CONFIG, *, check_files: bool = True) 
             else ""
         )
         raise ConfigError(f"{path}:{_line_of(root, loc)}: {_dotted(loc)}: {msg}{got}") from exc
+    config._root = root
     if check_files:
         _check_files(config, root)
     return config
@@ -223,16 +339,29 @@ def _keys_of(data: Any, loc: tuple[Any, ...]) -> set[Any]:
 
 
 def _check_files(config: Config, root: yaml.Node | None) -> None:
+    from bench.engines.paths import locate_engine_path
+
+    def fail(loc: tuple[Any, ...], message: str) -> ConfigError:
+        return ConfigError(f"{config.source}:{_line_of(root, loc)}: {_dotted(loc)}: {message}")
+
     for i, build in enumerate(config.builds):
-        python = config.resolve(build.python)
-        if not (python.exists() and os.access(python, os.X_OK)):
-            loc = ("builds", i, "python")
-            raise ConfigError(f"{config.source}:{_line_of(root, loc)}: {_dotted(loc)}: no executable at {python}")
-        if build.lib is not None and not config.resolve(build.lib).is_dir():
-            loc = ("builds", i, "lib")
-            raise ConfigError(
-                f"{config.source}:{_line_of(root, loc)}: {_dotted(loc)}: no directory at {config.resolve(build.lib)}"
-            )
+        if build.engine == "llama-cpp-python" and build.source is None:
+            python = config.resolve(build.python or DEFAULT_PYTHON)
+            if not (python.exists() and os.access(python, os.X_OK)):
+                raise fail(("builds", i, "python"), f"no executable at {python}")
+            if build.lib is not None and not config.resolve(build.lib).is_dir():
+                raise fail(("builds", i, "lib"), f"no directory at {config.resolve(build.lib)}")
+        if build.path is not None:
+            problem = locate_engine_path(build.engine, config.resolve(build.path))[1]
+            if problem:
+                raise fail(("builds", i, "path"), f"build {build.name!r}: {problem}")
+        src = build.source
+        if src is not None and src.dir is not None and not config.resolve(src.dir).is_dir():
+            where = config.resolve(src.dir)
+            raise fail(("builds", i, "source", "dir"), f"build {build.name!r}: no directory at {where}")
+        remote = src is not None and src.git is not None and ("://" in src.git or ":" in src.git.split("/")[0])
+        if src is not None and src.git is not None and not remote and not config.resolve(Path(src.git)).exists():
+            raise fail(("builds", i, "source", "git"), f"build {build.name!r}: no repository at {src.git}")
     if config.suite.on_missing_model == "record":
         return
     for i, model in enumerate(config.models):

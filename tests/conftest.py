@@ -114,8 +114,9 @@ def bench_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30
     )
 
 
-def processes_matching(pattern: str) -> list[int]:
-    """Live processes whose command line matches `pattern` (read from /proc: no procps needed)."""
+def processes_matching(pattern: str, marker: str | None = None) -> list[int]:
+    """Live processes whose command line matches `pattern` (read from /proc: no procps needed); with a
+    marker, only those whose environment holds it (other test sessions may run workers meanwhile)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -123,7 +124,10 @@ def processes_matching(pattern: str) -> list[int]:
         try:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             state = next((ln for ln in (entry / "status").read_text().splitlines() if ln.startswith("State:")), "")
+            environ = (entry / "environ").read_bytes().split(b"\0") if marker else []
         except OSError:
+            continue
+        if marker and marker.encode() not in environ:
             continue
         if re.search(pattern, cmdline) and "zombie" not in state:
             found.append(int(entry.name))

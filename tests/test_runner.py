@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -114,10 +115,12 @@ def test_sigkill_mid_matrix_keeps_finished_results_and_resume_completes(
     models = [{"name": f"m{i}", "path": str(models_dir / "tiny-F16.gguf")} for i in range(6)]
     cfg = write_config(models, repetitions=10, n_prompt=256, n_gen=64)
     db = tmp_path / "kill.sqlite"
+    marker = f"PERFGATE_TEST_MARK={tmp_path.name}"
     runner = subprocess.Popen(
         [BENCH, "run", "--config", str(cfg), "--db", str(db), "--quiet"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, "PERFGATE_TEST_MARK": tmp_path.name},
     )
     _wait_for_results(db, 2)
     runner.send_signal(signal.SIGKILL)
@@ -127,7 +130,7 @@ def test_sigkill_mid_matrix_keeps_finished_results_and_resume_completes(
         run_id, status = con.execute("select id, status from runs").fetchone()
     assert 2 <= len(before) < 6 and status == "running", (before, status)
     time.sleep(0.5)
-    assert processes_matching(r"worker\.py measure") == [], "a worker outlived its runner"
+    assert processes_matching(r"worker\.py measure", marker) == [], "a worker outlived its runner"
 
     proc = bench_cli("run", "--config", str(cfg), "--db", str(db), "--resume", str(run_id), "--quiet")
     assert proc.returncode == 0, proc.stderr
