@@ -24,9 +24,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from bench.errors import StoreError
+from bench.package_data import data_dir
 
 DEFAULT_DB = "sqlite:///db/perfgate.sqlite"
-MIGRATIONS = Path(__file__).resolve().parents[2] / "db"
+MIGRATIONS = data_dir("bench._migrations", "db")  # inside a wheel, or beside the package in a checkout
 # the tables every perfgate schema has: a database holding other tables and not these is someone else's
 CORE_TABLES = frozenset({"machines", "builds", "models", "runs", "results", "samples"})
 MIGRATION_LOCK_KEY = 0x70657266  # "perf": PostgreSQL advisory lock taken while migrating
@@ -177,7 +178,7 @@ def _sqlite_state(path: Path) -> SchemaState:
         if "alembic_version" in tables:
             revisions = frozenset(r[0] for r in conn.execute("SELECT version_num FROM alembic_version"))
     except sqlite3.Error as exc:
-        raise StoreError(f"{path}: cannot read it as a SQLite database ({exc})") from None
+        raise StoreError(f"{path}: cannot read it as a SQLite database: {exc}") from None
     finally:
         conn.close()
     return SchemaState(str(path), tables, revisions)
