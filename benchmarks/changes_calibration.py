@@ -146,7 +146,7 @@ def main() -> None:
     )
     header = f"{'pool':<24} {'runs':>4} {'run CV':>7} {'A/A false':>10} {'step found':>11} {'3 runs on':>10}"
     print(header)
-    total = Rates()
+    totals: dict[str, Rates] = {}
     for pool in pools:
         r = calibrate(pool, rng, args.series, args.length, args.reps, args.step, settings)
         figures = pool.figures(rng, 2000, args.reps)
@@ -155,18 +155,16 @@ def main() -> None:
             f"{pool.name:<24} {len(pool.runs):>4} {cv:>7.2%} {r.false_changes / r.series:>10.2%} "
             f"{r.found / r.series:>11.1%} {r.found_early / r.series:>10.1%}"
         )
+        total = totals.setdefault(pool.name.split()[0], Rates())
         for field in ("series", "false_changes", "found", "found_early", "extra"):
             setattr(total, field, getattr(total, field) + getattr(r, field))
-    print(
-        f"{'all':<24} {'':>4} {'':>7} {total.false_changes / total.series:>10.2%} "
-        f"{total.found / total.series:>11.1%} {total.found_early / total.series:>10.1%}"
-    )
-    print(
-        f"false changes: {total.false_changes} in {total.series} A/A series (goal ≤ 1 per 100); "
-        f"{args.step:.0%} steps found within {TOLERANCE_RUNS} runs: {total.found / total.series:.1%} "
-        f"(goal ≥ 95 %), with only {TOLERANCE_RUNS} runs after the start: {total.found_early / total.series:.1%}; "
-        f"step series with a change reported elsewhere too: {total.extra / total.series:.1%}"
-    )
+    for family, t in totals.items():
+        print(
+            f"{family}: false changes in {t.false_changes} of {t.series} A/A series ({t.false_changes / t.series:.2%}, "
+            f"goal ≤ 1 %); {args.step:.0%} steps found within {TOLERANCE_RUNS} runs of the start: "
+            f"{t.found / t.series:.1%} (goal ≥ 95 %), with only {TOLERANCE_RUNS} runs after it: "
+            f"{t.found_early / t.series:.1%}; a change reported elsewhere too: {t.extra / t.series:.1%}"
+        )
 
 
 if __name__ == "__main__":

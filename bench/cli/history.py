@@ -64,7 +64,8 @@ def changes_cmd(
     check_format(fmt, ("table", "json"))
     if metric is not None and metric not in METRIC_NAMES:
         raise ConfigError(f"--metric: expected one of {', '.join(METRIC_NAMES)}, got {metric!r}")
-    with open_store(db) as store, store.session() as session:
+    # an existing store only (it gains its change points); a mistyped --db must not create one
+    with open_store(db, write=False) as store, store.session() as session:
         refresh(session, machine=machine, model=model)
         frame = change_points_frame(session, machine=machine, model=model, metric=metric, new_only=new)
         if new:

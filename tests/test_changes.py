@@ -1,0 +1,154 @@
+"""Change points on real nightly history: the tiny model measured by the real worker, night after night.
+
+One store holds NIGHTS runs of two build lines. `steady` is the same build every night (A/A). `nightly`
+crashes on loading one night, and from night SLOW_FROM on its worker shares its core with two busy loops:
+a real slowdown of about 3×, large enough to stand out on a machine that others keep busy.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bench.metrics import METRICS
+from tests.conftest import PYTHON, bench_cli, fake_python
+
+NIGHTS = 14
+CRASH_AT = 3  # the night `nightly` fails to load
+SLOW_FROM = 8  # the first slowed night
+
+
+@dataclass(frozen=True)
+class History:
+    db: str
+    run_ids: list[int]  # in night order
+
+
+def _night(tmp: Path, model: Path, night: int, builds: dict[str, Path]) -> None:
+    cfg = tmp / f"night-{night}.yaml"
+    doc = {
+        "models": [{"name": "q4", "path": str(model)}],
+        "builds": [{"name": name, "python": str(python)} for name, python in builds.items()],
+        "suite": {"n_prompt": 128, "n_gen": 32, "repetitions": 5, "threads": 1},
+    }
+    cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+@pytest.fixture(scope="module")
+def history(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> History:
+    tmp = tmp_path_factory.mktemp("history")
+    db = f"sqlite:///{tmp / 'history.sqlite'}"
+    pinned = fake_python(tmp, "python-pinned", f'exec taskset -c 0 {PYTHON} "$@"')
+    busy = "taskset -c 0 sh -c 'while :; do :; done' &\n"
+    contended = fake_python(tmp, "python-contended", f'{busy}{busy}exec taskset -c 0 {PYTHON} "$@"')
+    aborting = fake_python(tmp, "python-abort", f"exec {PYTHON} -c 'import os; os.abort()'")
+    for night in range(NIGHTS):
+        nightly = aborting if night == CRASH_AT else contended if night >= SLOW_FROM else pinned
+        _night(tmp, models_dir / "tiny-Q4_0.gguf", night, {"steady": pinned, "nightly": nightly})
+        proc = bench_cli("run", "--config", str(tmp / f"night-{night}.yaml"), "--db", db, "--quiet", "--wait")
+        assert proc.returncode == 0, proc.stderr
+    runs = json.loads(bench_cli("runs", "--db", db, "--format", "json").stdout)
+    return History(db, sorted(r["run_id"] for r in runs))
+
+
+def _changes(db: str, *args: str) -> list[dict[str, Any]]:
+    proc = bench_cli("changes", "--db", db, "--format", "json", *args)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_real_slowdown_is_one_change_point_at_the_night_it_starts(history: History) -> None:
+    shifts = [c for c in _changes(history.db) if c["build"] == "nightly" and c["kind"] == "shift"]
+    assert {c["metric"] for c in shifts} >= {"pp_ts", "tg_ts"}
+    for metric in ("pp_ts", "tg_ts"):
+        (change,) = [c for c in shifts if c["metric"] == metric]
+        # the night before the busy loops and the first night with them, skipping nothing in between
+        assert (change["run_before"], change["run_after"]) == (
+            history.run_ids[SLOW_FROM - 1],
+            history.run_ids[SLOW_FROM],
+        )
+        assert change["shift_pct"] < -40 and change["value_after"] < change["value_before"] / 1.6
+        assert change["regression"] is True
+        assert change["build_before"].startswith("nightly#") and change["commit_before"] is None
+    # whatever else moved (load time under contention) moved on that night, nowhere else
+    assert {c["run_after"] for c in shifts} == {history.run_ids[SLOW_FROM]}
+
+
+def test_a_a_line_of_the_same_length_has_no_change_point(history: History) -> None:
+    assert [c for c in _changes(history.db) if c["build"] == "steady"] == []
+
+
+def test_load_failure_in_the_middle_is_reported_both_ways(history: History) -> None:
+    status = [c for c in _changes(history.db) if c["kind"] == "status"]
+    got = sorted((c["run_before"], c["run_after"], c["status_before"], c["status_after"]) for c in status)
+    r = history.run_ids
+    assert got == [(r[CRASH_AT - 1], r[CRASH_AT], "ok", "crashed"), (r[CRASH_AT], r[CRASH_AT + 1], "crashed", "ok")]
+    assert [c["regression"] for c in sorted(status, key=lambda c: c["run_after"])] == [True, False]
+    assert all(c["build"] == "nightly" and c["metric"] == "status" and c["shift_pct"] is None for c in status)
+
+
+def test_changes_are_stored_once_and_new_ones_listed_once(history: History, tmp_path: Path) -> None:
+    db_file = tmp_path / "copy.sqlite"
+    db_file.write_bytes(Path(history.db.removeprefix("sqlite:///")).read_bytes())
+    db = str(db_file)
+    first = _changes(db)
+    assert _changes(db) == first  # detection again: the same rows, the same ids
+    with sqlite3.connect(db_file) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM change_points").fetchone()[0] == len(first)
+    new = _changes(db, "--new")
+    assert sorted(c["id"] for c in new) == sorted(c["id"] for c in first)
+    assert all(c["first_reported_at"] is None for c in new)
+    assert _changes(db, "--new") == []
+    assert all(c["first_reported_at"] is not None for c in _changes(db))
+    text = bench_cli("changes", "--db", db, "--new").stdout
+    assert "no new change points" in text
+
+
+def test_metric_filter_keeps_that_metrics_shifts_and_every_status_change(history: History) -> None:
+    rows = _changes(history.db, "--metric", "tg_ts", "--model", "q4")
+    assert {(c["kind"], c["metric"]) for c in rows} == {("shift", "tg_ts"), ("status", "status")}
+    table = bench_cli("changes", "--db", history.db, "--metric", "tg_ts").stdout
+    assert "REGRESSION" in table and "ok → crashed" in table and "crashed → ok" in table
+
+
+def test_commit_range_comes_from_the_builds_git_commit(history: History, tmp_path: Path) -> None:
+    db_file = tmp_path / "commits.sqlite"
+    db_file.write_bytes(Path(history.db.removeprefix("sqlite:///")).read_bytes())
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    with sqlite3.connect(db_file) as conn:  # as `bench build` records a build made from git
+        conn.execute(
+            "UPDATE builds SET details = json_set(details, '$.source', json(?)) WHERE name = 'nightly'",
+            (json.dumps({"kind": "git", "commit": commit}),),
+        )
+    (change,) = [c for c in _changes(str(db_file), "--metric", "tg_ts") if c["kind"] == "shift"]
+    assert (change["commit_before"], change["commit_after"]) == (commit, commit)
+    assert change["build_after"] == f"nightly@{commit[:12]}"
+    assert f"{commit[:12]}..{commit[:12]}" in bench_cli("changes", "--db", str(db_file), "--metric", "tg_ts").stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--metric", "tokens"], "error: --metric: expected one of " + ", ".join(METRICS)),
+        (["--model", "no-such-model"], "error: no model 'no-such-model' in the store"),
+        (["--machine", "no-such-host"], "error: no machine 'no-such-host' in the store"),
+        (["--format", "csv"], "error: --format: expected one of table, json"),
+    ],
+)
+def test_bad_arguments_are_one_error_line(history: History, args: list[str], message: str) -> None:
+    proc = bench_cli("changes", "--db", history.db, *args)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(message) and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_missing_store_is_an_error_and_stays_missing(tmp_path: Path) -> None:
+    missing = tmp_path / "typo.sqlite"
+    proc = bench_cli("changes", "--db", str(missing))
+    assert proc.returncode == 2 and proc.stderr.startswith(f"error: {missing}: no database there yet")
+    assert not missing.exists()
