@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+import yaml
+from playwright.sync_api import Browser, Page, sync_playwright
 
-from bench.config import load_config
+from bench.config import DashboardConfig, load_config
 from bench.dashboard import build_site
+from bench.errors import ConfigError
 from bench.runner import run_matrix
+from bench.site.output import MARKER
 from bench.store.db import open_store
-from tests.conftest import PYTHON, SHARED_LOGS
+from bench.store.models import Result
+from bench.store.queries import results_frame
+from bench.store.standing import standing
+from tests.conftest import PYTHON, REPO, bench_cli
 
 XSS = "<script>alert(1)</script>"
+XSS_BUILD = "<img src=x onerror=alert(2)>"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -27,6 +40,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+# screenshots for review: PERFGATE_SCREENSHOTS=DIR keeps them, else they go to the test's tmp_path
+SHOTS = os.environ.get("PERFGATE_SCREENSHOTS")
 
 
 @pytest.fixture(scope="module")
@@ -37,28 +52,70 @@ def browser() -> Iterator[Browser]:
         b.close()
 
 
-@pytest.fixture
-def site(models_dir: Path, write_config: Callable[..., Path], db_url: str, tmp_path: Path) -> Path:
-    empty_lib = tmp_path / "empty-lib"
+def _shot(page: Page, tmp_path: Path, name: str) -> None:
+    folder = Path(SHOTS) if SHOTS else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / name), full_page=True)
+
+
+def _change_points(db_url: str) -> pd.DataFrame:
+    """One shift in tg_ts of tiny-q4 between run 1 and run 2 on this machine: the test's own data, handed to
+    the site as the change-point detector's table would be."""
+    with open_store(db_url) as store, store.session() as session:
+        res = results_frame(session, with_samples=False)
+    row = res[(res["model"] == "tiny-q4") & (res["build"] == "baseline")].sort_values("run_id")
+    return pd.DataFrame(
+        [
+            {
+                "machine_fingerprint": row["machine_fingerprint"].iloc[0],
+                "model": "tiny-q4",
+                "metric": "tg_ts",
+                "build_before": "baseline",
+                "build_after": "baseline",
+                "run_before": int(row["run_id"].iloc[0]),
+                "run_after": int(row["run_id"].iloc[-1]),
+                "shift_pct": -12.5,
+                "kind": "shift",
+                "detected_at": None,
+            }
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Path:
+    """Two nightly runs of three builds (one without a usable library) over a normal and a hostile model name."""
+    tmp = tmp_path_factory.mktemp("site")
+    empty_lib = tmp / "empty-lib"
     empty_lib.mkdir()
-    models = [
-        {"name": "tiny-q4", "path": str(models_dir / "tiny-Q4_0.gguf")},
-        {"name": XSS, "path": str(models_dir / "tiny-F16.gguf")},
-    ]
-    builds = [
-        {"name": "baseline", "python": PYTHON},
-        {"name": "candidate", "python": PYTHON},
-        {"name": "no-lib", "python": PYTHON, "lib": str(empty_lib)},
-    ]
-    cfg = load_config(write_config(models, builds=builds, repetitions=2))
-    out = tmp_path / "site"
+    doc = {
+        "models": [
+            {"name": "tiny-q4", "path": str(models_dir / "tiny-Q4_0.gguf")},
+            {"name": XSS, "path": str(models_dir / "tiny-F16.gguf")},
+        ],
+        "builds": [
+            {"name": "baseline", "python": PYTHON},
+            {"name": XSS_BUILD, "python": PYTHON},
+            {"name": "no-lib", "python": PYTHON, "lib": str(empty_lib)},
+        ],
+        "suite": {"n_prompt": 32, "n_gen": 8, "repetitions": 2, "threads": 1},
+        "dashboard": {"baseline": "baseline", "bandwidth_gbs": {"nonexistent-host": 1.0}},
+    }
+    path = tmp / "models.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    cfg = load_config(path)
+    db_url = f"sqlite:///{tmp / 'perfgate.sqlite'}"
+    out = tmp / "out"
     with open_store(db_url) as store:
-        run_matrix(store, cfg, show_progress=False, interleave=True)
-        build_site(store, out)
+        run_matrix(store, cfg, show_progress=False)
+        run_matrix(store, cfg, show_progress=False)
+    changes = _change_points(db_url)
+    with open_store(db_url) as store:
+        build_site(store, out, cfg.gate_settings(), cfg.dashboard, changes=changes)
     return out
 
 
-def _open(browser: Browser, path: Path) -> tuple[Any, list[str], list[str]]:
+def _open(browser: Browser, path: Path) -> tuple[Page, list[str], list[str]]:
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     errors: list[str] = []
     dialogs: list[str] = []
@@ -70,47 +127,354 @@ def _open(browser: Browser, path: Path) -> tuple[Any, list[str], list[str]]:
     return page, errors, dialogs
 
 
-def test_overview_shows_the_failure_cell_and_escapes_names(browser: Browser, site: Path, tmp_path: Path) -> None:
-    page, errors, dialogs = _open(browser, site / "index.html")
-    page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
-    assert errors == [] and dialogs == []
-    assert "perfgate" in page.title()
-    failed = page.locator("td.cell[data-status='build_failed']")
-    assert failed.count() == 2
-    assert "library" in failed.first.get_attribute("title")
-    assert page.locator("td.cell[data-status='ok']").count() == 4
-    assert page.locator(f"th:text-is('{XSS}')").count() == 1  # shown as text
-    assert page.locator("script").count() == 0
-    assert page.locator(".badge.fail").count() >= 1  # no-lib fails the gate against the baseline
-
-
-def test_comparison_page_shows_both_builds(browser: Browser, site: Path, tmp_path: Path) -> None:
-    index, _, _ = _open(browser, site / "index.html")
-    href = index.locator("a", has_text="candidate vs baseline").first.get_attribute("href")
+def _history_page(browser: Browser, site: Path, model: str) -> tuple[Page, list[str], list[str]]:
+    index, _, _ = _open(browser, site / "history.html")
+    href = index.locator("table.histories a", has_text=model).first.get_attribute("href")
+    assert href is not None
     page, errors, dialogs = _open(browser, site / href)
-    page.screenshot(path=str(tmp_path / "compare.png"), full_page=True)
+    page.wait_for_selector("#chart-tg_ts[data-ready='1']")
+    return page, errors, dialogs
+
+
+def _point_xy(page: Page, metric: str, trace_meta: str, build: str, j: int = 0) -> tuple[float, float]:
+    """Page coordinates of point j of the trace (ok points or failed loads) of `build`, from plotly's own axes."""
+    return page.evaluate(
+        """([metric, meta, build, j]) => {
+            const gd = document.getElementById('chart-' + metric);
+            const i = gd._fullData.findIndex(t => t.meta === meta && t.name.startsWith(build));
+            const t = gd._fullData[i], L = gd._fullLayout, box = gd.getBoundingClientRect();
+            return [box.left + L._size.l + L.xaxis.d2p(t.x[j]), box.top + L._size.t + L.yaxis.d2p(t.y[j])];
+        }""",
+        [metric, trace_meta, build, j],
+    )
+
+
+def test_overview_shows_verdicts_ratios_and_escapes_names(browser: Browser, site: Path, tmp_path: Path) -> None:
+    page, errors, dialogs = _open(browser, site / "index.html")
+    _shot(page, tmp_path, "overview.png")
     assert errors == [] and dialogs == []
-    header = page.locator("table.compare thead").inner_text()
-    assert "baseline" in header and "candidate" in header
+    table = page.locator("table.overview")
+    # the newest run's builds against the configured baseline: no-lib fails on both models
+    failed = table.locator("td.cell[data-status='build_failed']")
+    assert failed.count() == 2
+    assert failed.first.get_attribute("data-verdict") == "fail"
+    assert re.search(r"pp \d+\.\d{3} · tg \d+\.\d{3}", table.inner_text())
+    assert page.locator(f"th:text-is('{XSS}')").count() == 1  # shown as text, not run
+    assert XSS_BUILD in table.locator("thead").inner_text()
+    assert page.locator("script").count() == 0
+    assert page.locator(".badge.v-fail").count() >= 1
+
+
+def test_history_hover_shows_build_commit_and_value(browser: Browser, site: Path, tmp_path: Path) -> None:
+    page, errors, dialogs = _history_page(browser, site, "tiny-q4")
+    assert errors == [] and dialogs == []
+    data = json.loads((site / "data" / f"history-{Path(page.url).stem}.json").read_text())
+    line = next(ln for ln in data["series"]["tg_ts"]["lines"] if ln["build"] == "baseline")
+    x, y = _point_xy(page, "tg_ts", "ok", "baseline", 1)
+    page.mouse.move(x, y)
+    hover = page.locator("#chart-tg_ts .hoverlayer")
+    hover.locator("text").first.wait_for()
+    text = hover.inner_text()
+    _shot(page, tmp_path, "history-hover.png")
+    assert "baseline" in text and f"run {line['run'][1]}" in text
+    value = f"{line['y'][1]:.2f}"
+    assert value in text, (value, text)
+    assert " ± " in text  # the 95% CI of the mean
+
+
+def test_failed_load_is_drawn_at_its_build_with_its_status(browser: Browser, site: Path, tmp_path: Path) -> None:
+    page, _, _ = _history_page(browser, site, "tiny-q4")
+    failed = page.evaluate(
+        """() => document.getElementById('chart-tg_ts')._fullData
+             .filter(t => t.meta === 'failed').map(t => [t.name, t.x])"""
+    )
+    assert [name for name, _ in failed] == ["no-lib: failed load"]
+    data = json.loads((site / "data" / f"history-{Path(page.url).stem}.json").read_text())
+    runs_x = next(ln for ln in data["series"]["tg_ts"]["lines"] if ln["build"] == "no-lib")["x"]
+    assert failed[0][1] == runs_x and len(runs_x) == 2  # at both nightlies, not at an arbitrary height
+    x, y = _point_xy(page, "tg_ts", "failed", "no-lib", 0)
+    page.mouse.move(x, y)
+    page.locator("#chart-tg_ts .hoverlayer text").first.wait_for()
+    assert "build_failed" in page.locator("#chart-tg_ts .hoverlayer").inner_text()
+    assert page.locator("#chart-tg_ts .scatterlayer .trace path.point").count() >= 2 + 2
+
+
+def test_change_point_is_marked(browser: Browser, site: Path, tmp_path: Path) -> None:
+    page, _, _ = _history_page(browser, site, "tiny-q4")
+    _shot(page, tmp_path, "history-change.png")
+    assert page.locator("#chart-tg_ts .shapelayer path").count() == 1
+    assert "shift -12.5%" in page.locator("#chart-tg_ts .annotation").inner_text()
+    assert page.locator("#chart-pp_ts .shapelayer path").count() == 0  # a tg shift, not a pp one
+
+
+def test_csp_blocks_an_injected_inline_script(browser: Browser, site: Path) -> None:
+    html = (site / "index.html").read_text()
+    injected = site / "injected.html"
+    injected.write_text(html.replace("<main>", "<main><script>window.injected = 1; alert('inline')</script>", 1))
+    page, errors, dialogs = _open(browser, injected)
+    assert dialogs == []
+    assert page.evaluate("() => window.injected") is None
+    assert any("Content Security Policy" in e for e in errors), errors
+    # the site's own scripts do run under that policy
+    chart, chart_errors, _ = _history_page(browser, site, "tiny-q4")
+    assert chart_errors == [] and chart.evaluate("() => typeof Plotly") == "object"
+
+
+def test_comparison_pages_only_for_baseline_and_previous_nightly(browser: Browser, site: Path, tmp_path: Path) -> None:
+    pages = sorted((site / "compare").glob("*.html"))
+    # 2 candidates against the baseline + 3 builds × (run 2 against run 1); never every pair
+    assert len(pages) == 2 + 3
+    index, _, _ = _open(browser, site / "index.html")
+    href = index.locator("table.overview thead a", has_text="no-lib").first.get_attribute("href")
+    assert href is not None
+    page, errors, dialogs = _open(browser, site / href)
+    page.wait_for_selector("#chart-compare[data-ready='1']")
+    _shot(page, tmp_path, "compare.png")
+    assert errors == [] and dialogs == []
+    differs = page.locator("table.identity tr.differs th").all_inner_texts()
+    assert "identity" in differs  # no-lib cannot even report its library: its identity differs
     assert page.locator("table.compare tbody tr").count() == 2
-    assert page.locator("img.plot").evaluate("img => img.naturalWidth") > 0
     assert XSS in page.locator("table.compare").inner_text()
-
-
-def test_run_page_holds_logs_samples_and_json(browser: Browser, site: Path, tmp_path: Path) -> None:
-    page, errors, dialogs = _open(browser, site / "run" / "1.html")
+    run, errors, dialogs = _open(browser, site / "run" / "2.html")
+    _shot(run, tmp_path, "run.png")
     assert errors == [] and dialogs == []
-    assert "run 1" in page.title()
-    logs = page.locator("details pre.log")
-    assert logs.count() == 6 and "load_tensors" in (logs.first.text_content() or "")
-    assert page.locator("a.data").get_attribute("href") == "../data/run-1.json"
-    assert page.locator("table.matrix td.cell[data-status='build_failed']").count() == 2
-    assert page.locator("table.matrix td.cell[data-status='ok']").count() == 4
-    assert (site / "data" / "run-1.json").exists()
-    history, errors, _ = _open(browser, site / "history.html")
-    history.screenshot(path=str(tmp_path / "history.png"), full_page=True)
-    assert errors == [] and history.locator("img.plot").count() == 2
+    assert run.locator("a.nightly").count() == 3  # each build against the night before
+    assert run.locator("details pre.log").count() == 6
 
 
-def test_shared_logs_folder_is_reachable() -> None:
-    assert (SHARED_LOGS / "MANIFEST.tsv").exists()
+def test_roofline_above_100_percent_is_flagged(site: Path, tmp_path: Path, db_url: str) -> None:
+    # the machine's bandwidth set absurdly low: every measured generation speed is "faster than memory"
+    from bench.machine import collect
+
+    host = collect().hostname
+    data = json.loads((site / "data" / "run-2.json").read_text())
+    assert all(r["tg_roofline_pct"] is None for r in data)  # this CPU is in no table: no roofline
+    settings = DashboardConfig(baseline="baseline", bandwidth_gbs={host: 1e-6})
+    with open_store(f"sqlite:///{site.parent / 'perfgate.sqlite'}") as store:
+        build_site(store, site, None, settings)
+    data = json.loads((site / "data" / "run-2.json").read_text())
+    ok = [r for r in data if r["status"] == "ok"]
+    assert ok and all(r["tg_roofline_pct"] > 100 for r in ok)
+    assert "measurement error" in (site / "run" / "2.html").read_text()
+
+
+def test_out_refuses_folders_perfgate_did_not_make(tmp_path: Path, db_url: str) -> None:
+    _import_rows(tmp_path / "r.json", ["m"])
+    assert bench_cli("import", str(tmp_path / "r.json"), "--format", "perfgate", "--db", db_url).returncode == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    result = bench_cli("dashboard", "--db", db_url, "--out", str(mine))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("error: --out") and "perfgate did not make" in result.stderr
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep")
+    result = bench_cli("dashboard", "--db", db_url, "--out", str(a_file))
+    assert result.returncode == 2 and "not a folder" in result.stderr and a_file.read_text() == "keep"
+    # `--out .` in a folder of the user's: refused, nothing deleted
+    here = subprocess.run(
+        [str(Path(sys.executable).with_name("bench")), "dashboard", "--db", db_url, "--out", "."],
+        cwd=mine,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert here.returncode == 2 and sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+    # a site of perfgate's own is replaced, built beside it and swapped in
+    site = tmp_path / "site"
+    assert bench_cli("dashboard", "--db", db_url, "--out", str(site)).returncode == 0
+    assert (site / MARKER).is_file() and (site / "index.html").is_file()
+    (site / "stale.html").write_text("from an older site")
+    assert bench_cli("dashboard", "--db", db_url, "--out", str(site)).returncode == 0
+    assert not (site / "stale.html").exists()
+    assert not [p for p in tmp_path.iterdir() if "perfgate-new" in p.name or "perfgate-old" in p.name]
+    with pytest.raises(ConfigError), open_store(db_url) as store:
+        build_site(store, mine)
+
+
+def _import_rows(path: Path, names: list[str], machine: str = "f" * 16) -> None:
+    rows = [
+        {
+            "run_id": 1,
+            "build": build,
+            "model": name,
+            "status": "ok",
+            "n_prompt": 512,
+            "n_gen": 128,
+            "pp_ts": 100.0,
+            "tg_ts": 10.0,
+            "samples_pp_ns": [5_120_000_000, 5_100_000_000],
+            "samples_tg_ns": [12_800_000_000, 12_700_000_000],
+            "machine_fingerprint": machine,
+            "machine": "runner-1",
+            "started_at": "2026-01-01T00:00:00",
+        }
+        for build in ("base", "cand")
+        for name in names
+    ]
+    path.write_text(json.dumps(rows))
+
+
+def test_hostile_names_get_distinct_files_and_escaped_text(browser: Browser, tmp_path: Path, db_url: str) -> None:
+    names = ["x/y", "x y", "x_y", "m" * 300, "n" * 5000, "ctl\x01\x1b[31mred", "quote\"'&<b>bold</b>", "a\u2028b"]
+    src = tmp_path / "hostile.json"
+    _import_rows(src, names)
+    assert bench_cli("import", str(src), "--format", "perfgate", "--db", db_url).returncode == 0
+    out = tmp_path / "site"
+    with open_store(db_url) as store:
+        build_site(store, out, None, DashboardConfig(baseline="base"))
+    histories = list((out / "history").glob("*.html"))
+    assert len(histories) == len(names)  # one chart per model: no two names share a file
+    assert all(len(p.name) < 40 for p in out.rglob("*"))
+    shown = json.loads((out / "data" / "overview.json").read_text())
+    assert {c for c in shown["machines"][0]["comparisons"][0]["cells"]} == set(names)
+    page, errors, dialogs = _open(browser, out / "index.html")
+    assert errors == [] and dialogs == []
+    text = page.locator("table.overview").inner_text()
+    assert "quote\"'&<b>bold</b>" in text and page.locator("table.overview b", has_text="bold").count() == 0
+    for href in [h for h in page.locator("table.overview tbody th a").evaluate_all("a => a.map(e => e.href)")][:3]:
+        hist = browser.new_page()
+        hist.goto(href)
+        hist.wait_for_selector("#chart-tg_ts[data-ready='1']")
+        assert hist.locator("#chart-tg_ts b", has_text="bold").count() == 0
+
+
+def test_one_rule_resumed_run_and_reimport_give_the_same_sides(
+    models_dir: Path, write_config: Callable[..., Path], db_url: str, tmp_path: Path
+) -> None:
+    builds = [{"name": "A", "python": PYTHON}, {"name": "B", "python": PYTHON}]
+    cfg = load_config(write_config([{"name": "tiny-q4", "path": str(models_dir / "tiny-Q4_0.gguf")}], builds=builds))
+    with open_store(db_url) as store:
+        first = run_matrix(store, cfg, show_progress=False)
+        with store.session() as session:  # run 1 was killed before B × tiny-q4 finished
+            killed = session.query(Result).filter_by(run_id=first).order_by(Result.id.desc()).first()
+            assert killed is not None
+            session.delete(killed)
+            session.commit()
+        second = run_matrix(store, cfg, show_progress=False)
+        assert run_matrix(store, cfg, show_progress=False, resume_run_id=first) == first
+    # B's newest result is the resumed run 1's, though run 2 has the higher id
+    exported = tmp_path / "all.json"
+    exported.write_text(bench_cli("results", "--all", "--format", "json", "--db", db_url).stdout)
+
+    def sides() -> dict[str, Any]:
+        cmp = bench_cli("compare", "--baseline", "A", "--candidate", "B", "--format", "json", "--db", db_url)
+        assert cmp.returncode == 0, cmp.stderr
+        payload = json.loads(cmp.stdout)
+        gate = bench_cli("gate", "--baseline", "A", "--candidate", "B", "--db", db_url)
+        assert gate.returncode in (0, 1, 3) and "Traceback" not in gate.stderr, gate.stderr
+        site = tmp_path / "site"
+        with open_store(db_url) as store:
+            build_site(store, site, None, DashboardConfig(baseline="A"))
+        shown = json.loads((site / "data" / "overview.json").read_text())["machines"][0]["comparisons"]
+        cell = next(c for c in shown if c["candidate"]["build"] == "B")
+        label = f"B@{','.join(map(str, payload['candidate']['run_ids']))}"
+        assert label in gate.stdout.splitlines()[0]
+        assert tuple(cell["candidate"]["result_ids"]) == tuple(payload["candidate"]["result_ids"])
+        assert tuple(cell["baseline"]["result_ids"]) == tuple(payload["baseline"]["result_ids"])
+        return payload
+
+    before = sides()
+    assert before["candidate"]["run_ids"] == [first] and before["baseline"]["run_ids"] == [second]
+    imported = bench_cli("import", str(exported), "--format", "perfgate", "--db", db_url)
+    assert imported.returncode == 0, imported.stderr
+    after = sides()  # the re-imported copies stand now: the same rule for all three, and no crash
+    assert after["candidate"]["result_ids"] != before["candidate"]["result_ids"]
+
+
+def test_standing_rule_keys_by_model_name_and_prefers_finished() -> None:
+    frame = pd.DataFrame(
+        {
+            "machine_fingerprint": ["m"] * 4,
+            "build": ["b"] * 4,
+            "model": ["x", "x", "y", "y"],
+            "finished_at": [pd.Timestamp("2026-01-02"), pd.Timestamp("2026-01-01"), None, pd.Timestamp("2025-01-01")],
+            "started_at": [pd.Timestamp("2026-01-01")] * 4,
+            "result_id": [1, 2, 3, 4],
+        }
+    )
+    assert standing(frame)["result_id"].tolist() == [1, 4]
+
+
+def test_adding_a_run_rewrites_only_the_pages_it_touches(
+    models_dir: Path, write_config: Callable[..., Path], db_url: str, tmp_path: Path
+) -> None:
+    cfg = load_config(write_config([{"name": "tiny-q4", "path": str(models_dir / "tiny-Q4_0.gguf")}]))
+    out = tmp_path / "site"
+    with open_store(db_url) as store:
+        run_matrix(store, cfg, show_progress=False)
+        run_matrix(store, cfg, show_progress=False)
+        build_site(store, out)
+        inode = {p.relative_to(out): p.stat().st_ino for p in out.rglob("*") if p.is_file()}
+        unchanged = build_site(store, out)
+        assert unchanged.written <= 3  # the overview, its JSON and the history index
+        run_matrix(store, cfg, show_progress=False)
+        report = build_site(store, out)
+    now = {p.relative_to(out): p.stat().st_ino for p in out.rglob("*") if p.is_file()}
+    assert now[Path("run/1.html")] == inode[Path("run/1.html")]  # untouched: the same file, linked over
+    assert now[Path("run/2.html")] == inode[Path("run/2.html")]
+    assert Path("run/3.html") in now and Path("run/3.html") not in inode
+    rewritten = {p for p in inode if p in now and now[p] != inode[p]}
+    # the overview, the history of the one model, its data and the marker; every older comparison is kept
+    assert {str(p) for p in rewritten if not str(p).startswith(("history/", "data/history-"))} == {
+        "index.html",
+        "history.html",
+        "data/overview.json",
+        MARKER,
+    }
+    assert all(now[p] == inode[p] for p in inode if str(p).startswith(("compare/", "plotly")))
+    added = set(now) - set(inode)
+    assert len([p for p in added if str(p).startswith("compare/")]) == 1  # run 3 against run 2
+    assert report.written == len(rewritten) - 1 + len(added)  # the marker is written apart
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_runs_every_command(
+    models_dir: Path, write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    wheels = tmp_path / "wheels"
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(REPO)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert built.returncode == 0, built.stderr
+    wheel = next(wheels.glob("perfgate-*.whl"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", str(wheel)], check=True)
+    bench = str(venv / "bin" / "bench")
+    work = tmp_path / "elsewhere"  # no checkout around: templates and migrations must come from the wheel
+    work.mkdir()
+    config = write_config(
+        [{"name": "tiny-q4", "path": str(models_dir / "tiny-Q4_0.gguf")}],
+        builds=[{"name": "A", "python": PYTHON}, {"name": "B", "python": PYTHON}],
+        repetitions=2,
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PERFGATE_DB")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([bench, *args], cwd=work, capture_output=True, text=True, check=False, env=env)
+
+    located = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import bench.store.db as d, bench.site.pages as p; print(d.MIGRATIONS, p.TEMPLATES)",
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    assert str(venv) in located.stdout and str(REPO) not in located.stdout, located.stdout + located.stderr
+    assert run("run", "--config", str(config), "--db", "w.sqlite").returncode == 0
+    gate = run("gate", "--baseline", "A", "--candidate", "B", "--db", "w.sqlite", "--config", str(config))
+    assert gate.returncode in (0, 1, 3) and "perfgate" in gate.stdout, gate.stderr
+    site = run("dashboard", "--db", "w.sqlite", "--out", "site", "--config", str(config))
+    assert site.returncode == 0, site.stderr
+    assert (work / "site" / "index.html").is_file() and (work / "site" / "plotly.min.js").is_file()

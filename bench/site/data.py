@@ -1,0 +1,275 @@
+"""Data: the store → plain frames and the policy of what the site shows (which pairs, which baseline).
+
+Everything here is a pure function of the stored results and the `dashboard` config section. Which results
+stand for a build is bench.store.standing's one rule; statistics come from bench.compare and bench.gate.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+import itertools
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sqlalchemy.orm import Session
+
+from bench.config import DashboardConfig, GateConfig
+from bench.metrics import METRICS, Status
+from bench.site.roofline import machine_bandwidth_gbs
+from bench.store.queries import builds_frame, machines_frame, results_frame, runs_frame
+from bench.store.standing import standing
+
+CHANGE_COLUMNS = [
+    "machine_fingerprint",
+    "model",
+    "metric",
+    "build_before",
+    "build_after",
+    "run_before",
+    "run_after",
+    "shift_pct",
+    "kind",
+    "detected_at",
+]
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A comparison the site shows: a candidate against its baseline, or a nightly against the previous one."""
+
+    kind: str  # "baseline" | "nightly"
+    machine_fingerprint: str
+    baseline: str  # build name
+    candidate: str
+    baseline_ids: tuple[int, ...]  # the results of each side
+    candidate_ids: tuple[int, ...]
+    baseline_runs: tuple[int, ...]
+    candidate_runs: tuple[int, ...]
+
+    @property
+    def baseline_label(self) -> str:
+        return f"{self.baseline}@{','.join(map(str, self.baseline_runs))}"
+
+    @property
+    def candidate_label(self) -> str:
+        return f"{self.candidate}@{','.join(map(str, self.candidate_runs))}"
+
+
+@dataclass
+class SiteData:
+    results: pd.DataFrame  # every result (no samples), with x, run_started, ci95 and roofline columns
+    runs: pd.DataFrame
+    builds: pd.DataFrame
+    machines: pd.DataFrame
+    changes: pd.DataFrame
+    settings: DashboardConfig
+    gate: GateConfig
+    run_x: dict[int, int] = field(default_factory=dict)  # run id → its position on its machine's axis
+
+
+def change_points(session: Session) -> pd.DataFrame:
+    """The change points the detector stored (bench.store.changes), or none where that reader is absent."""
+    try:
+        module = importlib.import_module("bench.store.changes")
+    except ModuleNotFoundError:
+        return pd.DataFrame(columns=CHANGE_COLUMNS)
+    frame = module.change_points_frame(session)
+    return frame if len(frame) else pd.DataFrame(columns=CHANGE_COLUMNS)
+
+
+def ci95(mean_std_n: pd.DataFrame, metric: str) -> pd.Series:
+    """Half width of the 95% CI of a result's mean, from its stored std and repetitions (t distribution)."""
+    std = pd.to_numeric(mean_std_n[f"{metric}_std"], errors="coerce").astype(float)
+    n = pd.to_numeric(mean_std_n["repetitions"], errors="coerce").astype(float)
+    t = stats.t.ppf(0.975, np.maximum(n.to_numpy() - 1, 1))
+    half = t * std.to_numpy() / np.sqrt(np.maximum(n.to_numpy(), 1))
+    return pd.Series(np.where(n.to_numpy() > 1, half, np.nan), index=mean_std_n.index)
+
+
+def load(
+    session: Session, settings: DashboardConfig, gate: GateConfig, changes: pd.DataFrame | None = None
+) -> SiteData:
+    results = results_frame(session, with_samples=False)
+    runs = runs_frame(session)
+    machines = machines_frame(session)
+    builds = builds_frame(session)
+    changes = change_points(session) if changes is None else changes
+    run_started = dict(zip(runs["run_id"].tolist(), pd.to_datetime(runs["started_at"]).tolist(), strict=True))
+    results["run_started"] = results["run_id"].map(run_started)
+    # each machine's axis: its runs in the order they started (a nightly is a position, not a date)
+    runs = runs.sort_values(["started_at", "run_id"], kind="stable")
+    run_x = {
+        int(r): int(x) for r, x in zip(runs["run_id"], runs.groupby("machine_fingerprint").cumcount(), strict=True)
+    }
+    results["x"] = results["run_id"].map(run_x).astype(int)
+    for metric in ("pp_ts", "tg_ts"):
+        results[f"{metric}_ci95"] = ci95(results, metric)
+    by_fp = machines.set_index("fingerprint")
+    bandwidth = {
+        str(fp): machine_bandwidth_gbs(settings.bandwidth_gbs, str(m["hostname"]), str(fp), m["gpu"], m["cpu"])
+        for fp, m in by_fp.iterrows()
+    }
+    results["bandwidth_gbs"] = results["machine_fingerprint"].map(bandwidth).astype(float)
+    weights = pd.to_numeric(results["model_bytes"], errors="coerce").astype(float)
+    tg = pd.to_numeric(results["tg_ts"], errors="coerce").astype(float)
+    results["tg_roofline_pct"] = tg * weights / (results["bandwidth_gbs"] * 1e9) * 100
+    identity = _identities(builds)
+    results["commit"] = [
+        identity.get((b, s), {}).get("commit") or str(s)[:12]
+        for b, s in zip(results["build"].tolist(), results["build_sha"].tolist(), strict=True)
+    ]
+    return SiteData(results, runs, builds, machines, changes, settings, gate, run_x)
+
+
+# --- identities -------------------------------------------------------------------------------------------
+
+_ARCHS = re.compile(r"ARCHS\s*=\s*([0-9][0-9a-z,; ]*)", re.IGNORECASE)
+
+
+def identity_fields(build: dict[str, Any]) -> dict[str, str]:
+    """What a build is, as the comparison pages show it: commit, flags, backends, embedded Metal library,
+    CUDA architectures, engine and versions (from builds.details and llama.cpp's system_info)."""
+    found = build.get("details")
+    details: dict[str, Any] = found if isinstance(found, dict) else {}
+    info = str(build.get("system_info") or "")
+    backends = [part.split(":", 1)[0].strip() for part in info.split("|") if ":" in part]
+    archs = _ARCHS.search(info)
+    embed = re.search(r"EMBED_LIBRARY\s*=\s*(\d)", info)
+    flags = details.get("cmake_args") or details.get("flags") or details.get("make_vars")
+    commit = details.get("commit") or details.get("git_sha") or details.get("ref")
+    return {
+        "engine": str(details.get("engine") or "llama-cpp-python"),
+        "llama.cpp version": str(build.get("llama_cpp_version") or "–"),
+        "commit": str(commit or "–"),
+        "flags": " ".join(map(str, flags)) if isinstance(flags, list) else str(flags or "–"),
+        "backends": ", ".join(dict.fromkeys(b for b in backends if b)) or "–",
+        "embedded Metal library": ("yes" if embed.group(1) == "1" else "no") if embed else "–",
+        "CUDA architectures": archs.group(1).strip(" |;") if archs else "–",
+        "library sha256": str(build.get("lib_sha256") or "–")[:16],
+        "ggml sha256": str(build.get("ggml_sha256") or "–")[:16],
+        "identity": str(build.get("identity_sha") or "–"),
+    }
+
+
+def _identities(builds: pd.DataFrame) -> dict[tuple[str, str], dict[str, Any]]:
+    if not len(builds):
+        return {}
+    return {(str(b["name"]), str(b["identity_sha"])): b["details"] or {} for b in builds.to_dict(orient="records")}
+
+
+def side_identity(data: SiteData, ids: tuple[int, ...]) -> dict[str, str]:
+    """The identity of a side's newest result's build."""
+    rows = data.results[data.results["result_id"].isin(ids)]
+    if not len(rows) or not len(data.builds):
+        return {}
+    newest = rows.sort_values("result_id").iloc[-1]
+    match = data.builds[(data.builds["name"] == newest["build"]) & (data.builds["identity_sha"] == newest["build_sha"])]
+    return identity_fields(match.iloc[0].to_dict()) if len(match) else {}
+
+
+# --- policy: which comparisons ----------------------------------------------------------------------------
+
+
+def machine_order(data: SiteData) -> list[str]:
+    """Machines, the one with the newest run first."""
+    newest = data.results.groupby("machine_fingerprint")["run_started"].max().sort_values(ascending=False)
+    return [str(fp) for fp in newest.index]
+
+
+def newest_run(data: SiteData, fp: str) -> int:
+    on = data.results[data.results["machine_fingerprint"] == fp]
+    return int(on.sort_values(["run_started", "run_id"]).iloc[-1]["run_id"])
+
+
+def previous_run(data: SiteData, fp: str, run_id: int) -> int | None:
+    on = data.results[data.results["machine_fingerprint"] == fp]
+    earlier = on[on["x"] < data.run_x[run_id]]
+    return None if not len(earlier) else int(earlier.sort_values(["run_started", "run_id"]).iloc[-1]["run_id"])
+
+
+def build_sequence(data: SiteData, fp: str) -> list[str]:
+    """A machine's builds in the order they were first measured."""
+    on = data.results[data.results["machine_fingerprint"] == fp]
+    first = on.groupby("build", sort=False)["x"].min().sort_values(kind="stable")
+    return [str(b) for b in first.index]
+
+
+def baseline_for(data: SiteData, fp: str, candidate: str) -> str | None:
+    """`dashboard.baseline`, or the newest earlier build matching `dashboard.baseline_pattern`, or else the
+    machine's first build."""
+    sequence = build_sequence(data, fp)
+    if data.settings.baseline is not None:
+        name = data.settings.baseline
+        return name if name in sequence and name != candidate else None
+    if data.settings.baseline_pattern is not None:
+        before = sequence[: sequence.index(candidate)] if candidate in sequence else sequence
+        matching = [b for b in before if fnmatch.fnmatchcase(b, data.settings.baseline_pattern)]
+        return matching[-1] if matching else None
+    return sequence[0] if sequence and sequence[0] != candidate else None
+
+
+def _side(rows: pd.DataFrame) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    kept = standing(rows)
+    return tuple(sorted(int(r) for r in kept["result_id"])), tuple(sorted({int(r) for r in kept["run_id"]}))
+
+
+def baseline_pairs(data: SiteData, standing_results: pd.DataFrame) -> list[Pair]:
+    """Per machine: each build of its newest run against the baseline, both sides the results that stand."""
+    pairs = []
+    for fp in machine_order(data):
+        run = newest_run(data, fp)
+        on = standing_results[standing_results["machine_fingerprint"] == fp]
+        candidates = dict.fromkeys(data.results[data.results["run_id"] == run]["build"].tolist())
+        for cand in candidates:
+            base = baseline_for(data, fp, str(cand))
+            if base is None:
+                continue
+            b_ids, b_runs = _side(on[on["build"] == base])
+            c_ids, c_runs = _side(on[on["build"] == cand])
+            pairs.append(Pair("baseline", fp, base, str(cand), b_ids, c_ids, b_runs, c_runs))
+    return pairs
+
+
+def nightly_pairs(data: SiteData) -> list[Pair]:
+    """Each nightly against the previous one: per machine and build line, each of the newest
+    `dashboard.nightly_pages` runs against the run before it."""
+    res = data.results
+    keyed = res[["machine_fingerprint", "build", "run_id", "x", "result_id"]].sort_values(["x", "result_id"])
+    pairs = []
+    for (fp, build), rows in keyed.groupby(["machine_fingerprint", "build"], sort=False):
+        by_run = {int(r): tuple(int(i) for i in g["result_id"]) for r, g in rows.groupby("run_id", sort=False)}
+        ordered = list(by_run)[-(data.settings.nightly_pages + 1) :] if data.settings.nightly_pages else []
+        for before, after in itertools.pairwise(ordered):
+            pairs.append(
+                Pair("nightly", str(fp), str(build), str(build), by_run[before], by_run[after], (before,), (after,))
+            )
+    return pairs
+
+
+def statuses_changed(data: SiteData, fp: str) -> list[dict[str, Any]]:
+    """New failures of the newest run: a model not ok now that was ok in the machine's previous run."""
+    run = newest_run(data, fp)
+    prev = previous_run(data, fp, run)
+    if prev is None:
+        return []
+    res = data.results
+    now = standing(res[res["run_id"] == run])
+    before = standing(res[res["run_id"] == prev])
+    ok_before = {
+        (b, m) for b, m, s in zip(before["build"], before["model"], before["status"], strict=True) if s == "ok"
+    }
+    ok_models = {m for _, m in ok_before}
+    out = []
+    for b, m, s, reason in zip(now["build"], now["model"], now["status"], now["reason"], strict=True):
+        if s != Status.OK and ((b, m) in ok_before or m in ok_models):
+            out.append({"build": b, "model": m, "status": s, "reason": reason or "", "previous_run": prev})
+    return out
+
+
+def metric_names() -> list[str]:
+    return list(METRICS)

@@ -1,0 +1,715 @@
+"""Pages: site data → HTML (Jinja2, autoescaped) and the JSON the charts read, written incrementally.
+
+Every page has a key: a hash of everything it shows (its results' ids and finish times, the gate settings,
+the templates and this code). A page whose key is unchanged is linked from the previous site, not written
+again, so adding one run rewrites the overview, that run's page, its comparisons and the histories it
+extends. Charts are drawn in the browser by plotly.js, shipped in the plotly Python package and copied into
+the site; their data are JSON files, wrapped as scripts that push them onto `window.perfgateData`: browsers
+do not let a page fetch() files from file://, and a script file of the site's own is what a strict CSP allows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy.orm import Session
+
+from bench import render
+from bench.compare import Comparison, Side, compare_frames
+from bench.config import DashboardConfig, GateConfig
+from bench.gate import Verdict, evaluate
+from bench.metrics import METRICS, Status
+from bench.package_data import data_dir
+from bench.site import data as site_data
+from bench.site.data import Pair, SiteData
+from bench.site.output import SiteOutput, content_key, file_key
+from bench.store.queries import RESULT_COLUMNS, all_logs, attach_logs, results_frame
+from bench.store.standing import standing
+
+TEMPLATES = data_dir("bench._templates", "dashboard/templates")
+STATIC = ("style.css", "site.js")
+
+
+@dataclass(frozen=True)
+class SiteReport:
+    out: Path
+    pages: int  # HTML pages in the site
+    written: int  # files written by this build (the rest were unchanged and kept)
+    bytes_total: int
+    seconds: float
+
+
+def _code_version() -> str:
+    """Templates and the code that fills them: a change to either rewrites every page."""
+    digest = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    sources = [*sorted(TEMPLATES.iterdir()), *sorted(here.glob("*.py"))]
+    sources += [here.parent / "compare.py", here.parent / "gate.py", here.parent / "metrics.py"]
+    for path in sources:
+        if path.is_file():
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _env() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(TEMPLATES),
+        autoescape=select_autoescape(["html", "j2"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        bytes=render.human_bytes,
+        ts=render.fmt_ts,
+        metric=render.fmt_metric,
+        num=lambda v, d=3: "–" if render.missing(v) else f"{v:.{d}f}",
+        pct=lambda v: "–" if render.missing(v) else f"{v:.0f}%",
+    )
+    env.tests["missing"] = render.missing
+    env.globals["METRICS"] = METRICS
+    return env
+
+
+def plain(value: Any) -> Any:
+    """JSON-ready: NaN and NA → null, numpy scalars → Python, dataclasses and enums → dicts and strings."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return plain(asdict(value))
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    value = render._plain(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def json_text(payload: Any) -> str:
+    # ASCII only: U+2028 and friends cannot end a line of the script that carries it
+    return json.dumps(plain(payload), ensure_ascii=True, separators=(",", ":"), allow_nan=False, default=str)
+
+
+def data_script(payload: Any) -> str:
+    return f"(window.perfgateData = window.perfgateData || []).push({json_text(payload)});\n"
+
+
+def verdict_outcome(verdict: Verdict) -> str:
+    """pass / fail / inconclusive (a gate without an inconclusive outcome gives pass or fail)."""
+    outcome = getattr(verdict, "outcome", None)
+    return str(getattr(outcome, "value", outcome)) if outcome is not None else ("pass" if verdict.passed else "fail")
+
+
+def check_outcome(check: Any) -> str:
+    outcome = getattr(check, "outcome", None)
+    if outcome is not None:
+        return str(getattr(outcome, "value", outcome))
+    return "pass" if check.passed else "fail"
+
+
+class Builder:
+    def __init__(self, session: Session, data: SiteData, out: SiteOutput) -> None:
+        self.session, self.data, self.out = session, data, out
+        self.env = _env()
+        self.version = _code_version()
+        res = data.results
+        self.rkey = dict(
+            zip(
+                res["result_id"].tolist(),
+                (
+                    res["result_id"].astype(str)
+                    + ":"
+                    + res["finished_at"].astype(str)
+                    + ":"
+                    + res["status"].astype(str)
+                    + ":"
+                    + res["repetitions"].astype(str)
+                ).tolist(),
+                strict=True,
+            )
+        )
+        self.standing = standing(res)
+        self.gate_key = data.gate.model_dump(mode="json")
+        self.hosts = dict(zip(data.machines["fingerprint"], data.machines["hostname"], strict=True))
+        self.samples: pd.DataFrame | None = None
+        self.narrow = pd.DataFrame()
+        self.verdicts: dict[str, Verdict] = {}
+
+    # -- helpers ----------------------------------------------------------------------------------------
+    def render(self, rel: str, template: str, key: str, **ctx: Any) -> None:
+        html = self.env.get_template(template).render(root="../" * rel.count("/"), **ctx)
+        self.out.write(rel, html, key)
+
+    def keys_of(self, ids: tuple[int, ...] | list[int]) -> list[str]:
+        return [self.rkey[i] for i in ids]
+
+    def load_samples(self, result_ids: set[int]) -> None:
+        """Samples of the results some comparison needs (all at once when that is most of the store)."""
+        if not result_ids:
+            self.samples = results_frame(self.session, []).set_index("result_id", drop=False)
+            self.narrow = self.samples
+            return
+        res = self.data.results
+        runs = sorted({int(r) for r in res[res["result_id"].isin(result_ids)]["run_id"]})
+        frame = results_frame(self.session, None if len(runs) > 200 else runs)
+        self.samples = frame[frame["result_id"].isin(result_ids)].set_index("result_id", drop=False)
+        # compare_frames walks rows: hand it only the columns it reads (a wide row costs 20× more)
+        wanted = ["result_id", "run_id", "model", "status", "reason", "n_prompt", "n_gen", "rounds", *METRICS]
+        wanted += [m.samples_column for m in METRICS.values() if m.samples_column]
+        self.narrow = self.samples[[c for c in wanted if c in self.samples.columns]]
+
+    # -- comparisons ------------------------------------------------------------------------------------
+    def pair_rel(self, pair: Pair) -> str:
+        name = (
+            file_key(
+                pair.kind,
+                pair.machine_fingerprint,
+                pair.baseline,
+                pair.candidate,
+                *pair.baseline_runs,
+                *pair.candidate_runs,
+            )
+            if pair.kind == "nightly"
+            else file_key(pair.kind, pair.machine_fingerprint, pair.baseline, pair.candidate)
+        )
+        return f"compare/{name}.html"
+
+    def pair_key(self, pair: Pair) -> str:
+        return content_key(
+            self.version,
+            asdict(pair),
+            self.keys_of(pair.baseline_ids),
+            self.keys_of(pair.candidate_ids),
+            self.gate_key,
+            site_data.side_identity(self.data, pair.baseline_ids),
+            site_data.side_identity(self.data, pair.candidate_ids),
+        )
+
+    def verdict(self, pair: Pair) -> Verdict:
+        base = self.narrow.loc[list(pair.baseline_ids)].reset_index(drop=True)
+        cand = self.narrow.loc[list(pair.candidate_ids)].reset_index(drop=True)
+        host = self.hosts.get(pair.machine_fingerprint, "")
+        sides = [
+            Side(name, ids, runs, pair.machine_fingerprint, host)
+            for name, ids, runs in (
+                (pair.baseline, pair.baseline_ids, pair.baseline_runs),
+                (pair.candidate, pair.candidate_ids, pair.candidate_runs),
+            )
+        ]
+        # nightly against nightly: ratios and tests; the bootstrap CIs are for the gate's own pairs
+        table = compare_frames(base, cand, ci=pair.kind == "baseline")
+        return evaluate(Comparison(sides[0], sides[1], False, table), self.data.gate)
+
+    def compare_page(self, pair: Pair, verdict: Verdict, key: str) -> dict[str, Any]:
+        rel = self.pair_rel(pair)
+        stem = Path(rel).stem
+        table = verdict.comparison.table
+        assert self.samples is not None
+        side = {
+            "base": self.samples.loc[list(pair.baseline_ids)].set_index("model"),
+            "cand": self.samples.loc[list(pair.candidate_ids)].set_index("model"),
+        }
+        failed: dict[str, set[str]] = {}
+        for c in verdict.checks:
+            if check_outcome(c) in ("fail", "inconclusive"):
+                failed.setdefault(c.model, set()).add(c.metric)
+        rows = []
+        for model in dict.fromkeys(table["model"]):
+            metrics = table[table["model"] == model].drop_duplicates("metric").set_index("metric")
+            rows.append(
+                {
+                    "model": model,
+                    "metrics": metrics.to_dict(orient="index"),
+                    "base": side["base"].loc[model] if model in side["base"].index else None,
+                    "cand": side["cand"].loc[model] if model in side["cand"].index else None,
+                    "failed": failed.get(model, set()),
+                }
+            )
+        ident_b = site_data.side_identity(self.data, pair.baseline_ids)
+        ident_c = site_data.side_identity(self.data, pair.candidate_ids)
+        identity = [
+            {
+                "field": f,
+                "baseline": ident_b.get(f, "–"),
+                "candidate": ident_c.get(f, "–"),
+                "differs": ident_b.get(f) != ident_c.get(f),
+            }
+            for f in dict.fromkeys([*ident_b, *ident_c])
+        ]
+        payload = {
+            "kind": pair.kind,
+            "machine": pair.machine_fingerprint,
+            "baseline": {"build": pair.baseline, "result_ids": pair.baseline_ids, "run_ids": pair.baseline_runs},
+            "candidate": {"build": pair.candidate, "result_ids": pair.candidate_ids, "run_ids": pair.candidate_runs},
+            "verdict": verdict_outcome(verdict),
+            "rows": render.records(table.drop(columns=[c for c in ("log_ratios",) if c in table])),
+            "checks": [{**plain(c), "outcome": check_outcome(c)} for c in verdict.checks],
+            "identity": identity,
+        }
+        self.out.write(f"data/{stem}.json", json_text(payload), key)
+        self.out.write(f"data/{stem}.js", data_script({"chart": "compare", **payload}), key)
+        title = (
+            f"perfgate — {pair.candidate_label} vs baseline {pair.baseline_label}"
+            if pair.kind == "baseline"
+            else f"perfgate — nightly {pair.candidate_label} vs the previous {pair.baseline_label}"
+        )
+        self.render(
+            rel,
+            "compare.html.j2",
+            key,
+            pair=pair,
+            verdict=verdict,
+            outcome=verdict_outcome(verdict),
+            check_outcome=check_outcome,
+            rows=rows,
+            identity=identity,
+            host=self.hosts.get(pair.machine_fingerprint, ""),
+            title=title,
+            data=f"data/{stem}.json",
+            scripts=["plotly.min.js", f"data/{stem}.js", "site.js"],
+        )
+        return payload
+
+    def old_payload(self, pair: Pair, key: str) -> dict[str, Any] | None:
+        """The comparison's JSON from the previous site when its inputs did not change (the overview reads it)."""
+        rel = self.pair_rel(pair)
+        stem = Path(rel).stem
+        files = (rel, f"data/{stem}.json", f"data/{stem}.js")
+        if not all(self.out.unchanged(r, key) for r in files):
+            return None
+        try:
+            found = json.loads((self.out.stage / f"data/{stem}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return found if isinstance(found, dict) else None
+
+    # -- runs -------------------------------------------------------------------------------------------
+    def run_key(self, run_id: int, ids: list[int]) -> str:
+        run = self.data.runs[self.data.runs["run_id"] == run_id].iloc[0]
+        return content_key(
+            self.version,
+            run_id,
+            str(run["status"]),
+            str(run["finished_at"]),
+            run["settings"],
+            self.keys_of(ids),
+            float(self.data.results[self.data.results["run_id"] == run_id]["bandwidth_gbs"].fillna(0).max()),
+        )
+
+    def run_page(self, run_id: int, res: pd.DataFrame, key: str, links: dict[str, str]) -> None:
+        run = self.data.runs[self.data.runs["run_id"] == run_id].iloc[0]
+        machine = self.data.machines[self.data.machines["fingerprint"] == run["machine_fingerprint"]].iloc[0]
+        names = set(res["build"])
+        builds = self.data.builds[self.data.builds["name"].isin(names)] if len(self.data.builds) else self.data.builds
+        self.out.write(
+            f"data/run-{run_id}.json",
+            res[[*RESULT_COLUMNS, "log", "tg_roofline_pct"]].to_json(orient="records", date_format="iso"),
+            key,
+        )
+        self.render(
+            f"run/{run_id}.html",
+            "run.html.j2",
+            key,
+            run=run,
+            run_id=run_id,
+            results=res.assign(**_display_columns(res)).astype(object).to_dict(orient="records"),
+            builds=render.records(builds),
+            machine=machine,
+            load_matrix=matrix(res),
+            links=links,
+            title=f"perfgate — run {run_id} ({run['machine']}, {run['started_at']})",
+            data=f"data/run-{run_id}.json",
+        )
+
+    # -- history ----------------------------------------------------------------------------------------
+    def history_rel(self, fp: str, model: str) -> str:
+        return f"history/{file_key(fp, model)}.html"
+
+    def history_payload(self, fp: str, model: str, rows: pd.DataFrame) -> dict[str, Any]:
+        changes = self.data.changes
+        marks = changes[(changes["machine_fingerprint"] == fp) & (changes["model"] == model)]
+        run_x = self.data.run_x
+        series: dict[str, Any] = {}
+        rows = rows.sort_values(["x", "result_id"])
+        for metric, spec in METRICS.items():
+            lines = []
+            for build, b in rows.groupby("build", sort=False):
+                ok = b["status"] == Status.OK
+                lines.append(
+                    {
+                        "build": build,
+                        "x": b["x"].tolist(),
+                        "y": [None if render.missing(v) else float(v) for v in b[metric].tolist()],
+                        "ci": (b[f"{metric}_ci95"] if f"{metric}_ci95" in b else pd.Series([None] * len(b))).tolist(),
+                        "status": b["status"].tolist(),
+                        "ok": ok.tolist(),
+                        "run": b["run_id"].astype(int).tolist(),
+                        "commit": b["commit"].tolist(),
+                        "date": [str(d)[:16] for d in b["run_started"].tolist()],
+                        "roofline": b["tg_roofline_pct"].tolist() if metric == "tg_ts" else None,
+                    }
+                )
+            series[metric] = {
+                "label": spec.label,
+                "unit": spec.unit,
+                "higher_is_better": spec.higher_is_better,
+                "lines": lines,
+            }
+        return {
+            "chart": "history",
+            "machine": fp,
+            "host": self.hosts.get(fp, ""),
+            "model": model,
+            "series": series,
+            "changes": [
+                {
+                    **plain(c),
+                    "x_before": run_x.get(int(c["run_before"])) if not render.missing(c["run_before"]) else None,
+                    "x_after": run_x.get(int(c["run_after"])) if not render.missing(c["run_after"]) else None,
+                }
+                for c in marks.to_dict(orient="records")
+            ],
+            "ticks": _ticks(self.data, fp),
+        }
+
+    def history_page(self, fp: str, model: str, rows: pd.DataFrame) -> dict[str, Any]:
+        rel = self.history_rel(fp, model)
+        stem = f"history-{Path(rel).stem}"
+        changes = self.data.changes
+        marks = changes[(changes["machine_fingerprint"] == fp) & (changes["model"] == model)]
+        key = content_key(
+            self.version,
+            fp,
+            model,
+            self.keys_of(rows["result_id"].tolist()),
+            rows["x"].tolist(),
+            plain(marks.to_dict(orient="records")),
+            float(rows["bandwidth_gbs"].fillna(0).max()),
+        )
+        entry = {
+            "machine": fp,
+            "host": self.hosts.get(fp, ""),
+            "model": model,
+            "href": rel,
+            "runs": int(rows["run_id"].nunique()),
+            "failed": int((rows["status"] != Status.OK).sum()),
+            "changes": len(marks),
+        }
+        if all(self.out.unchanged(r, key) for r in (rel, f"data/{stem}.js", f"data/{stem}.json")):
+            return entry
+        payload = self.history_payload(fp, model, rows)
+        self.out.write(f"data/{stem}.json", json_text(payload), key)
+        self.out.write(f"data/{stem}.js", data_script(payload), key)
+        self.render(
+            rel,
+            "history.html.j2",
+            key,
+            entry=entry,
+            metrics=list(METRICS.values()),
+            title=f"perfgate — history of {model} on {entry['host']}",
+            data=f"data/{stem}.json",
+            scripts=["plotly.min.js", f"data/{stem}.js", "site.js"],
+        )
+        return entry
+
+
+def _ticks(data: SiteData, fp: str) -> dict[str, list[Any]]:
+    """At most 24 labelled positions on a machine's axis: the nightly's date."""
+    runs = data.runs[data.runs["machine_fingerprint"] == fp]
+    xs = [data.run_x[int(r)] for r in runs["run_id"]]
+    dates = [str(d)[:10] for d in runs["started_at"]]
+    step = max(1, len(xs) // 24)
+    return {"x": xs[::step], "text": dates[::step]}
+
+
+def matrix(res: pd.DataFrame) -> dict[str, Any]:
+    """Builds × models of a set of results (the newest result of a cell wins)."""
+    builds = list(dict.fromkeys(res["build"]))
+    models = list(dict.fromkeys(res["model"]))
+    cells = {}
+    for build, model, status, reason, done, total in zip(
+        res["build"].tolist(),
+        res["model"].tolist(),
+        res["status"].tolist(),
+        res["reason"].tolist(),
+        res["layers_offloaded"].tolist(),
+        res["layers_total"].tolist(),
+        strict=True,
+    ):
+        cells[(build, model)] = {
+            "status": status,
+            "reason": reason or "",
+            "offload": None if render.missing(total) else f"{done}/{total}",
+        }
+    return {"builds": builds, "models": models, "grid": [[cells.get((b, m)) for m in models] for b in builds]}
+
+
+def _display_columns(frame: pd.DataFrame) -> dict[str, list[str]]:
+    def col(name: str) -> list[Any]:
+        return frame[name].tolist()
+
+    return {
+        "layers_txt": [
+            ("–" if render.missing(t) else f"{o}/{t}")
+            for o, t in zip(col("layers_offloaded"), col("layers_total"), strict=True)
+        ],
+        "pp_txt": [render.fmt_ts(m, s) for m, s in zip(col("pp_ts"), col("pp_ts_std"), strict=True)],
+        "tg_txt": [render.fmt_ts(m, s) for m, s in zip(col("tg_ts"), col("tg_ts_std"), strict=True)],
+        "buffers_txt": [
+            " / ".join(render.human_bytes(v) for v in vs)
+            for vs in zip(col("model_buf_bytes"), col("kv_bytes"), col("compute_bytes"), strict=True)
+        ],
+        "rss_txt": [render.human_bytes(v) for v in col("rss_peak_bytes")],
+        "gpu_txt": [
+            f"{render.human_bytes(u)} / {render.human_bytes(b)}"
+            for u, b in zip(col("gpu_used_bytes"), col("device_budget_bytes"), strict=True)
+        ],
+        "file_txt": [render.human_bytes(v) for v in col("model_bytes")],
+        "load_txt": ["–" if render.missing(v) else f"{v:.3f}" for v in col("load_s")],
+        "exit_txt": [
+            " ".join(str(x) for x in (e, g) if not render.missing(x))
+            for e, g in zip(col("exit_code"), col("signal"), strict=True)
+        ],
+    }
+
+
+# --- the build, in parallel where pages are independent ---------------------------------------------------
+
+_ACTIVE: Builder | None = None
+
+
+def _work(item: tuple[str, Any]) -> tuple[str, Any]:
+    """One page in a forked worker (the frames are shared by fork); returns what the parent records."""
+    assert _ACTIVE is not None
+    b = _ACTIVE
+    before, written = dict(b.out.pages), b.out.written
+    kind, arg = item
+    if kind == "compare":
+        pair, key = arg
+        b.compare_page(pair, b.verdict(pair), key)
+        result: Any = None
+    elif kind == "run":
+        run_id, res, key, links = arg
+        b.run_page(run_id, res, key, links)
+        result = None
+    else:
+        fp, model, rows = arg
+        result = b.history_page(fp, model, rows)
+    new = {k: v for k, v in b.out.pages.items() if before.get(k) != v}
+    return kind, (result, new, b.out.written - written)
+
+
+def _in_parallel(builder: Builder, work: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """Each item's outcome; files written by forked workers are added to the parent's count and manifest."""
+    global _ACTIVE
+    _ACTIVE = builder
+    workers = min(os.cpu_count() or 1, 8)
+    try:
+        if workers < 2 or len(work) < 8 or "fork" not in mp.get_all_start_methods() or sys.platform == "darwin":
+            return [_work(item) for item in work]
+        with mp.get_context("fork").Pool(workers) as pool:
+            outcomes = pool.map(_work, work, chunksize=max(1, len(work) // (workers * 4)))
+        for _, (_, pages, written) in outcomes:
+            builder.out.pages.update(pages)
+            builder.out.written += written
+        return outcomes
+    finally:
+        _ACTIVE = None
+
+
+def build(
+    session: Session,
+    out_dir: Path,
+    gate: GateConfig,
+    settings: DashboardConfig,
+    changes: pd.DataFrame | None = None,
+) -> SiteReport:
+    start = time.perf_counter()
+    out = SiteOutput(out_dir)
+    try:
+        data = site_data.load(session, settings, gate, changes)
+        builder = Builder(session, data, out)
+        written = _build(builder)
+        path = out.commit()
+    except BaseException:
+        out.abort()
+        raise
+    pages = sum(1 for rel in out.pages if rel.endswith(".html"))
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return SiteReport(path, pages, written, size, time.perf_counter() - start)
+
+
+def _build(b: Builder) -> int:
+    import plotly
+
+    data, out = b.data, b.out
+    for name in STATIC:
+        out.copy(name, TEMPLATES / name)
+    out.copy("plotly.min.js", Path(plotly.__file__).parent / "package_data" / "plotly.min.js")
+    res = data.results
+    if not len(res):
+        b.render("index.html", "overview.html.j2", "", machines=[], title="perfgate — no results yet", data=None)
+        return out.written
+    # which comparison pages, and which of them changed
+    base_pairs = site_data.baseline_pairs(data, b.standing)
+    night_pairs = site_data.nightly_pairs(data)
+    keyed = [(p, b.pair_key(p)) for p in [*base_pairs, *night_pairs]]
+    todo = []
+    overview_of: dict[str, dict[str, Any]] = {}
+    for pair, key in keyed:
+        kept = b.old_payload(pair, key)
+        if kept is None:
+            todo.append((pair, key))
+        elif pair.kind == "baseline":
+            overview_of[b.pair_rel(pair)] = kept
+    # runs whose page changed
+    by_run = {int(r): g for r, g in res.groupby("run_id", sort=True)}
+    run_keys = {r: b.run_key(r, g["result_id"].tolist()) for r, g in by_run.items()}
+    run_todo = [
+        r
+        for r in by_run
+        if not (out.unchanged(f"run/{r}.html", run_keys[r]) and out.unchanged(f"data/run-{r}.json", run_keys[r]))
+    ]
+    need = {i for p, _ in todo for i in (*p.baseline_ids, *p.candidate_ids)}
+    need |= {int(i) for r in run_todo for i in by_run[r]["result_id"]}
+    b.load_samples(need)
+    for pair, key in todo:
+        if pair.kind == "baseline":
+            overview_of[b.pair_rel(pair)] = b.compare_page(pair, b.verdict(pair), key)
+    nightly_rel = {(p.machine_fingerprint, p.candidate_runs[0], p.candidate): b.pair_rel(p) for p in night_pairs}
+    work: list[tuple[str, Any]] = [("compare", (p, k)) for p, k in todo if p.kind == "nightly"]
+    if run_todo:
+        assert b.samples is not None
+        frame = b.samples[b.samples["run_id"].isin(run_todo)].reset_index(drop=True)
+        logs = all_logs(b.session) if len(frame) > 20000 else None
+        frame = (
+            frame.assign(log=[logs.get(int(i), "") for i in frame["result_id"]])
+            if logs is not None
+            else (attach_logs(b.session, frame))
+        )
+        extra = res.set_index("result_id")[["tg_roofline_pct", "bandwidth_gbs"]]
+        frame = frame.join(extra, on="result_id")
+        for r, g in frame.groupby("run_id", sort=True):
+            fp = str(g["machine_fingerprint"].iloc[0])
+            links = {str(bn): nightly_rel[(fp, int(r), bn)] for bn in g["build"] if (fp, int(r), bn) in nightly_rel}
+            work.append(("run", (int(r), g, run_keys[int(r)], links)))
+    work += [
+        ("history", (str(fp), str(m), g)) for (fp, m), g in res.groupby(["machine_fingerprint", "model"], sort=False)
+    ]
+    entries = [result for kind, (result, _, _) in _in_parallel(b, work) if kind == "history"]
+    _history_index(b, entries)
+    _overview(b, base_pairs, overview_of, entries)
+    return out.written
+
+
+def _history_index(b: Builder, entries: list[dict[str, Any]]) -> None:
+    b.render(
+        "history.html",
+        "history_index.html.j2",
+        "",
+        entries=sorted(entries, key=lambda e: (e["host"], e["model"])),
+        title="perfgate — history per machine and model",
+        data=None,
+    )
+
+
+def _overview(
+    b: Builder, pairs: list[Pair], payloads: dict[str, dict[str, Any]], entries: list[dict[str, Any]]
+) -> None:
+    data = b.data
+    history_of = {(e["machine"], e["model"]): e["href"] for e in entries}
+    machines = []
+    for fp in site_data.machine_order(data):
+        run_id = site_data.newest_run(data, fp)
+        run = data.runs[data.runs["run_id"] == run_id].iloc[0]
+        models = list(dict.fromkeys(data.results[data.results["machine_fingerprint"] == fp]["model"]))
+        columns = []
+        for pair in (p for p in pairs if p.machine_fingerprint == fp):
+            payload = payloads[b.pair_rel(pair)]
+            columns.append(
+                {"pair": pair, "href": b.pair_rel(pair), "outcome": payload["verdict"], "cells": _cells(payload)}
+            )
+        changes = data.changes
+        new_changes = changes[(changes["machine_fingerprint"] == fp) & (changes["run_after"] == run_id)]
+        machines.append(
+            {
+                "fingerprint": fp,
+                "host": run["machine"],
+                "gpu": None if render.missing(run["gpu"]) else run["gpu"],
+                "run": run,
+                "runs": int((data.runs["machine_fingerprint"] == fp).sum()),
+                "models": models,
+                "columns": columns,
+                "new_failures": site_data.statuses_changed(data, fp),
+                "new_changes": render.records(new_changes),
+                "history": {m: history_of.get((fp, m)) for m in models},
+                "baseline_rule": (
+                    f"dashboard.baseline = {data.settings.baseline}"
+                    if data.settings.baseline
+                    else f"the newest earlier build matching {data.settings.baseline_pattern}"
+                    if data.settings.baseline_pattern
+                    else "the machine's first build (no dashboard.baseline set)"
+                ),
+            }
+        )
+    overview = {
+        "machines": [
+            {
+                "fingerprint": m["fingerprint"],
+                "newest_run": int(m["run"]["run_id"]),
+                "comparisons": [
+                    {
+                        "baseline": {
+                            "build": c["pair"].baseline,
+                            "result_ids": c["pair"].baseline_ids,
+                            "run_ids": c["pair"].baseline_runs,
+                        },
+                        "candidate": {
+                            "build": c["pair"].candidate,
+                            "result_ids": c["pair"].candidate_ids,
+                            "run_ids": c["pair"].candidate_runs,
+                        },
+                        "verdict": c["outcome"],
+                        "cells": c["cells"],
+                        "href": c["href"],
+                    }
+                    for c in m["columns"]
+                ],
+                "new_failures": m["new_failures"],
+            }
+            for m in machines
+        ]
+    }
+    b.out.write("data/overview.json", json_text(overview), "")
+    b.render(
+        "index.html", "overview.html.j2", "", machines=machines, title="perfgate — overview", data="data/overview.json"
+    )
+
+
+def _cells(payload: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per model of a comparison's JSON: candidate status, pp and tg ratio, and the verdict colour (the worst
+    of the model's checks)."""
+    cells: dict[str, dict[str, Any]] = {}
+    for row in payload["rows"]:
+        cell = cells.setdefault(
+            row["model"],
+            {"status": row["candidate_status"], "baseline_status": row["baseline_status"], "pp": None, "tg": None},
+        )
+        if row["metric"] in ("pp_ts", "tg_ts"):
+            cell[row["metric"][:2]] = row["ratio"]
+    for model, cell in cells.items():
+        outcomes = [c["outcome"] for c in payload["checks"] if c["model"] == model]
+        cell["verdict"] = "fail" if "fail" in outcomes else ("inconclusive" if "inconclusive" in outcomes else "pass")
+    return cells

@@ -1,0 +1,72 @@
+"""The one rule: which results stand for build B on machine M.
+
+For every (machine, build, model name) the result that finished last stands; a result still running
+(no finish time) only when nothing finished; equal times go to the later result. compare, gate, bisect
+and every page of the site apply this one function, to a frame they read themselves or to the keys
+`standing_frame` reads: a resumed older run and a re-imported file can then never give two answers.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bench.errors import StoreError
+from bench.store.models import Build, Machine, Model, Result, Run
+
+STANDING_KEY = ["machine_fingerprint", "build", "model"]
+# what the rule reads: a frame with these columns (results_frame has them all)
+RULE_COLUMNS = [*STANDING_KEY, "finished_at", "started_at", "result_id"]
+
+
+def standing(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `frame` that stand: the newest by finish time per machine × build × model name.
+
+    Keyed by the model's name, not its row: one name imported from two paths is one model."""
+    if frame.empty:
+        return frame
+    order = frame.assign(
+        _done=frame["finished_at"].notna(),
+        _finished=pd.to_datetime(frame["finished_at"]),
+        _started=pd.to_datetime(frame["started_at"]),
+    ).sort_values(["_done", "_finished", "_started", "result_id"], na_position="first", kind="stable")
+    keep = order.groupby(STANDING_KEY, sort=False, dropna=False).tail(1).index
+    return frame.loc[frame.index.isin(keep)]
+
+
+def standing_frame(
+    session: Session, build: str, *, machine_fingerprint: str | None = None, run_id: int | None = None
+) -> pd.DataFrame:
+    """The standing results of one build (in one run, when given) on one machine: the given machine when
+    the build ran there, else the machine of its newest result. Columns: RULE_COLUMNS, run_id, machine."""
+    stmt = (
+        select(
+            Machine.fingerprint.label("machine_fingerprint"),
+            Build.name.label("build"),
+            Model.name.label("model"),
+            Result.finished_at,
+            Result.started_at,
+            Result.id.label("result_id"),
+            Result.run_id,
+            Machine.hostname.label("machine"),
+        )
+        .join(Build, Result.build_id == Build.id)
+        .join(Model, Result.model_id == Model.id)
+        .join(Run, Result.run_id == Run.id)
+        .join(Machine, Run.machine_id == Machine.id)
+        .where(Build.name == build)
+    )
+    if run_id is not None:
+        stmt = stmt.where(Result.run_id == run_id)
+    rows = session.execute(stmt).all()
+    if not rows:
+        where = f" in run {run_id}" if run_id is not None else ""
+        raise StoreError(f"no results for build {build!r}{where}")
+    keys = standing(pd.DataFrame([tuple(r) for r in rows], columns=[*RULE_COLUMNS, "run_id", "machine"]))
+    if machine_fingerprint not in set(keys["machine_fingerprint"]):
+        newest = keys.assign(_f=pd.to_datetime(keys["finished_at"])).sort_values(
+            ["_f", "result_id"], na_position="first"
+        )
+        machine_fingerprint = str(newest["machine_fingerprint"].iloc[-1])
+    return keys[keys["machine_fingerprint"] == machine_fingerprint].sort_values("result_id")

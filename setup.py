@@ -1,0 +1,14 @@
+"""Packaging beyond pyproject.toml: the wheel carries the site's templates (dashboard/templates) and the
+Alembic migrations (db/) as package data of bench._templates and bench._migrations, found at run time
+through importlib.resources (bench/package_data.py)."""
+
+from setuptools import find_packages, setup
+
+DATA = {"bench._templates": "dashboard/templates", "bench._migrations": "db", "bench._migrations.versions": "db/versions"}
+
+setup(
+    packages=[*find_packages(include=["bench", "bench.*"]), *DATA],
+    package_dir=DATA,
+    package_data={name: ["*.j2", "*.css", "*.js", "*.ini", "*.py", "*.mako"] for name in DATA},
+    exclude_package_data={name: ["*.sqlite*"] for name in DATA},
+)
