@@ -11,13 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bench.errors import StoreError
 from bench.metrics import METRICS, tokens_per_s
-from bench.store.models import Build, Machine, Result, Run
 from bench.store.queries import results_frame
+from bench.store.standing import standing_frame
 
 BOOTSTRAP_RESAMPLES = 2000
 COMPARE_COLUMNS = [
@@ -76,37 +75,17 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
 
 
 def resolve_side(session: Session, ref: str, *, machine_fingerprint: str | None = None) -> Side:
-    """BUILD@RUN: that run. BUILD: the newest result for each model on one machine (the given one when the
-    build ran there, else the machine of its newest run), so a ladder measured size by size compares whole."""
+    """BUILD@RUN: the results of that run. BUILD: the results that stand for the build (bench.store.standing:
+    the newest by finish time per model) on one machine: the given one when the build ran there, else the
+    machine of its newest result; a ladder measured size by size compares whole."""
     name, run_id = parse_ref(ref)
-    stmt = (
-        select(Result.id, Result.model_id, Run.id, Machine.fingerprint, Machine.hostname)
-        .join(Run, Result.run_id == Run.id)
-        .join(Build, Result.build_id == Build.id)
-        .join(Machine, Run.machine_id == Machine.id)
-        .where(Build.name == name)
-        .order_by(Run.id.desc(), Result.id.desc())
-    )
-    if run_id is not None:
-        stmt = stmt.where(Run.id == run_id)
-    rows = session.execute(stmt).all()
-    if not rows:
-        where = f" in run {run_id}" if run_id is not None else ""
-        raise StoreError(f"no results for build {name!r}{where}")
-    fingerprints = {r[3] for r in rows}
-    fingerprint = machine_fingerprint if machine_fingerprint in fingerprints else rows[0][3]
-    chosen: dict[int, tuple[int, int]] = {}
-    host = ""
-    for result_id, model_id, rid, fp, hostname in rows:
-        if fp == fingerprint and model_id not in chosen:
-            chosen[model_id] = (result_id, rid)
-            host = hostname
+    keys = standing_frame(session, name, machine_fingerprint=machine_fingerprint, run_id=run_id)
     return Side(
         name,
-        tuple(sorted(r for r, _ in chosen.values())),
-        tuple(sorted({rid for _, rid in chosen.values()})),
-        fingerprint,
-        host,
+        tuple(int(r) for r in keys["result_id"]),
+        tuple(sorted({int(r) for r in keys["run_id"]})),
+        str(keys["machine_fingerprint"].iloc[0]),
+        str(keys["machine"].iloc[-1]),
     )
 
 
