@@ -41,7 +41,8 @@ def _file_sha256(path: Path) -> str:
 
 
 def identity() -> dict[str, Any]:
-    lib_path = Path(llama_cpp.llama_cpp._lib._name).resolve()
+    lib = getattr(llama_cpp.llama_cpp, "_lib", None)
+    lib_path = Path(lib._name if lib is not None else llama_cpp.llama_cpp.__file__).resolve()
     ggml_libs = sorted(p for p in lib_path.parent.glob("libggml*") if p.is_file())
     ggml_digest = hashlib.sha256()
     for lib in ggml_libs:
@@ -90,13 +91,77 @@ def _rss_peak_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
 
 
+class _Api:
+    """llama.cpp's C API as this release of llama-cpp-python binds it, found by feature detection.
+
+    0.2.7x-0.2.9x: llama_load_model_from_file, llama_new_context_with_model, llama_kv_cache_clear,
+    llama_batch_get_one(tokens, n, pos0, seq_id), vocab functions on the model, flash_attn a bool.
+    0.3.x: llama_model_load_from_file, llama_init_from_model, llama_kv_self_clear then
+    llama_memory_clear, llama_batch_get_one(tokens, n), a vocab object, flash_attn_type -1/0/1."""
+
+    def __init__(self) -> None:
+        lib = llama_cpp
+        self.load_model = getattr(lib, "llama_model_load_from_file", None) or lib.llama_load_model_from_file
+        self.free_model = getattr(lib, "llama_model_free", None) or lib.llama_free_model
+        self.new_context = getattr(lib, "llama_init_from_model", None) or lib.llama_new_context_with_model
+        self.n_layer = getattr(lib, "llama_model_n_layer", None) or lib.llama_n_layer
+        self.synchronize = getattr(lib, "llama_synchronize", None) or (lambda ctx: None)
+        self.batch_args = len(getattr(lib.llama_batch_get_one, "argtypes", None) or [None, None])
+        if hasattr(lib, "llama_memory_clear"):
+            self.clear_name = "llama_memory_clear"
+            self.clear = lambda ctx: lib.llama_memory_clear(lib.llama_get_memory(ctx), False)
+        elif hasattr(lib, "llama_kv_self_clear"):
+            self.clear_name = "llama_kv_self_clear"
+            self.clear = lib.llama_kv_self_clear
+        else:
+            self.clear_name = "llama_kv_cache_clear"
+            self.clear = getattr(lib, "llama_kv_cache_clear")  # noqa: B009 (absent from the new bindings' stubs)
+        fields = {f[0] for f in lib.llama_context_params._fields_}
+        self.flash_attn_field = next((f for f in ("flash_attn_type", "flash_attn") if f in fields), None)
+        self.has_no_perf = "no_perf" in fields
+        self.vocab_object = hasattr(lib, "llama_model_get_vocab")
+
+    def generation(self) -> dict[str, Any]:
+        return {
+            "load": self.load_model.__name__,
+            "context": self.new_context.__name__,
+            "kv_clear": self.clear_name,
+            "batch_get_one_args": self.batch_args,
+            "flash_attn": self.flash_attn_field,
+            "vocab": "object" if self.vocab_object else "model",
+        }
+
+    def vocab(self, model: Any) -> tuple[int, int | None]:
+        """(vocabulary size, BOS token when the model adds one)."""
+        lib = llama_cpp
+        if self.vocab_object:
+            vocab = lib.llama_model_get_vocab(model)
+            return lib.llama_vocab_n_tokens(vocab), (
+                lib.llama_vocab_bos(vocab) if lib.llama_vocab_get_add_bos(vocab) else None
+            )
+        add_bos = getattr(lib, "llama_add_bos_token", None)
+        adds = add_bos(model) if add_bos else -1
+        bos = lib.llama_token_bos(model)
+        return lib.llama_n_vocab(model), (bos if adds != 0 and bos >= 0 else None)
+
+    def set_flash_attn(self, params: Any, mode: int) -> None:
+        if self.flash_attn_field == "flash_attn_type":
+            params.flash_attn_type = mode
+        elif self.flash_attn_field == "flash_attn" and mode >= 0:  # bool: no "auto"; auto keeps the default
+            params.flash_attn = bool(mode)
+
+    def batch(self, tokens: Any, n: int, pos0: int) -> Any:
+        if self.batch_args >= 4:
+            return llama_cpp.llama_batch_get_one(tokens, n, pos0, 0)
+        return llama_cpp.llama_batch_get_one(tokens, n)
+
+
 class _Bench:
     def __init__(self, model: Any, spec: dict[str, Any]) -> None:
         self.model = model
         self.spec = spec
-        vocab = llama_cpp.llama_model_get_vocab(model)
-        self.n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
-        self.bos = llama_cpp.llama_vocab_bos(vocab) if llama_cpp.llama_vocab_get_add_bos(vocab) else None
+        self.api = api = _Api()
+        self.n_vocab, self.bos = api.vocab(model)
         self.rand = random.Random(spec.get("seed", 0))
 
     def context(self, n_ctx: int) -> Any:
@@ -105,9 +170,10 @@ class _Bench:
         params.n_batch = self.spec["n_batch"]
         params.n_ubatch = self.spec["n_ubatch"]
         params.n_threads = params.n_threads_batch = self.spec["threads"]
-        params.flash_attn_type = self.spec["flash_attn"]
-        params.no_perf = True
-        ctx = llama_cpp.llama_init_from_model(self.model, params)
+        self.api.set_flash_attn(params, self.spec["flash_attn"])
+        if self.api.has_no_perf:
+            params.no_perf = True
+        ctx = self.api.new_context(self.model, params)
         if not ctx:
             _log("perfgate-worker: error: failed to create context\n")
             raise SystemExit(4)
@@ -116,8 +182,8 @@ class _Bench:
     def _token(self, first: bool) -> int:
         return self.bos if first and self.bos is not None else self.rand.randrange(self.n_vocab)
 
-    def _decode(self, ctx: Any, tokens: Any, n: int) -> None:
-        rc = llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(tokens, n))
+    def _decode(self, ctx: Any, tokens: Any, n: int, pos0: int) -> None:
+        rc = llama_cpp.llama_decode(ctx, self.api.batch(tokens, n, pos0))
         if rc != 0:
             _log(f"perfgate-worker: error: llama_decode returned {rc}\n")
             raise SystemExit(5)
@@ -129,26 +195,31 @@ class _Bench:
             [self._token(i == 0 and b == 0) for i in range(min(n_batch, n_prompt - b))]
             for b in range(0, n_prompt, n_batch)
         ]
-        mem = llama_cpp.llama_get_memory(ctx)
-        llama_cpp.llama_memory_clear(mem, False)
+        self.api.clear(ctx)
         start = time.perf_counter_ns()
+        pos = 0
         for chunk in draws:
             for i, tok in enumerate(chunk):
                 buf[i] = tok
-            self._decode(ctx, buf, len(chunk))
+            self._decode(ctx, buf, len(chunk), pos)
+            pos += len(chunk)
         # synchronize: decode is asynchronous on GPU backends
-        llama_cpp.llama_synchronize(ctx)
+        self.api.synchronize(ctx)
         return time.perf_counter_ns() - start
 
     def generate(self, ctx: Any, n_gen: int) -> int:
         draws = [self._token(i == 0) for i in range(n_gen)]
         tok = (llama_cpp.llama_token * 1)()
-        batch = llama_cpp.llama_batch_get_one(tok, 1)
-        decode, synchronize = llama_cpp.llama_decode, llama_cpp.llama_synchronize
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), False)
+        batch = self.api.batch(tok, 1, 0)
+        # the old batch API takes each token's position; the new one tracks it
+        explicit_pos = self.api.batch_args >= 4
+        decode, synchronize = llama_cpp.llama_decode, self.api.synchronize
+        self.api.clear(ctx)
         start = time.perf_counter_ns()
-        for t in draws:
+        for pos, t in enumerate(draws):
             tok[0] = t
+            if explicit_pos:
+                batch.all_pos_0 = pos
             if decode(ctx, batch) != 0:
                 _log("perfgate-worker: error: llama_decode failed during generation\n")
                 raise SystemExit(5)
@@ -166,16 +237,20 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         _log(f"perfgate-worker: error: model path does not exist: {path}\n")
         raise SystemExit(3)
     mparams = llama_cpp.llama_model_default_params()
-    mparams.n_gpu_layers = spec["n_gpu_layers"]
+    api = _Api()
+    # "all" is -1 since late 2024; older releases index layers with it and corrupt the heap: ask for
+    # more layers than any model has instead, as llama-bench does
+    mparams.n_gpu_layers = spec["n_gpu_layers"] if spec["n_gpu_layers"] >= 0 or api.batch_args < 4 else 100_000
     mparams.use_mmap = True
     _log("perfgate-worker: phase=load\n")
     t0 = time.perf_counter_ns()
-    model = llama_cpp.llama_model_load_from_file(path.encode(), mparams)
+    model = api.load_model(path.encode(), mparams)
     if not model:
         _log(f"perfgate-worker: error: failed to load model from {path}\n")
         raise SystemExit(3)
     result: dict[str, Any] = {
-        "layers_model": llama_cpp.llama_model_n_layer(model),
+        "layers_model": api.n_layer(model),
+        "api": api.generation(),
         "model_bytes": llama_cpp.llama_model_size(model),
         "model_params": llama_cpp.llama_model_n_params(model),
     }
@@ -206,7 +281,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
             bench.generate(ctx, 1)
         samples_tg = [bench.generate(ctx, spec["n_gen"]) for _ in range(spec["repetitions"])]
         llama_cpp.llama_free(ctx)
-    llama_cpp.llama_model_free(model)
+    api.free_model(model)
     _log("perfgate-worker: phase=done\n")
     result.update(samples_pp_ns=samples_pp, samples_tg_ns=samples_tg, rss_peak_bytes=_rss_peak_bytes())
     return result
