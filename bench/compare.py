@@ -1,21 +1,27 @@
-"""Two builds side by side: ratios with bootstrap confidence intervals and Mann-Whitney U tests.
+"""Two builds side by side: ratios with bootstrap confidence intervals, Mann-Whitney U tests, and the paired
+log ratios the gate's sequential test reads.
 
 The statistics come from scipy; the tables are pandas. The dashboard and the gate both call here,
-so a number means the same thing everywhere it is shown.
+so a number means the same thing everywhere it is shown. Samples of several runs of one (build, model)
+are pooled only when those runs measured with equal suite settings; two sides measured with different
+settings are not compared unless the caller asks for it.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 from sqlalchemy.orm import Session
 
-from bench.errors import StoreError
+from bench.errors import ConfigError, StoreError
 from bench.metrics import METRICS, tokens_per_s
-from bench.store.queries import results_frame
+from bench.store.queries import results_frame, runs_frame
 from bench.store.standing import standing_frame
 
 BOOTSTRAP_RESAMPLES = 2000
@@ -29,12 +35,16 @@ COMPARE_COLUMNS = [
     "ci_low",
     "ci_high",
     "p_value",
+    "n_pairs",
+    "log_ratios",
     "n_baseline",
     "n_candidate",
     "baseline_status",
     "candidate_status",
     "candidate_reason",
 ]
+# the suite settings that change what a number means: results measured under different ones are not comparable
+SETTINGS_COMPARED = ("n_prompt", "n_gen", "threads", "n_batch", "n_ubatch", "flash_attn", "n_gpu_layers", "n_ctx")
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,10 @@ class Comparison:
     candidate: Side
     cross_machine: bool
     table: pd.DataFrame
+    # settings that differ between the sides ("threads 1 → 2"), compared anyway on request
+    mixed_settings: tuple[str, ...] = ()
+    # every run whose samples were pooled into each side (its own runs plus equal-settings repeats)
+    pooled_runs: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
@@ -114,7 +128,7 @@ def mann_whitney_p(base: np.ndarray, cand: np.ndarray) -> float:
     return float(stats.mannwhitneyu(cand, base, alternative="two-sided").pvalue)
 
 
-def metric_values(row: pd.Series, metric: str) -> np.ndarray:
+def metric_values(row: Any, metric: str) -> np.ndarray:
     samples_col = METRICS[metric].samples_column
     if samples_col is not None:
         n_tokens = row["n_prompt"] if metric == "pp_ts" else row["n_gen"]
@@ -123,20 +137,66 @@ def metric_values(row: pd.Series, metric: str) -> np.ndarray:
     return np.array([] if value is None or pd.isna(value) else [float(value)])
 
 
+def process_values(row: Any, metric: str) -> list[float]:
+    """One value per worker process of a result: the median of that process's repetitions. An interleaved run
+    stores all its rounds' repetitions in one result, split across rounds as the runner planned them (the first
+    `repetitions % rounds` rounds take one more). A process is the unit of independence: a contention burst or
+    a slow first repetition moves all of one process's repetitions together."""
+    values = metric_values(row, metric)
+    values = values[values > 0]
+    rounds = int(row.get("rounds") or 1) if hasattr(row, "get") else 1
+    chunks = [c for c in np.array_split(values, min(max(rounds, 1), max(len(values), 1))) if len(c)]
+    return [float(np.median(c)) for c in chunks]
+
+
+def paired_log_ratios(base: pd.DataFrame, cand: pd.DataFrame, metric: str) -> np.ndarray:
+    """log(candidate / baseline), one per pair of worker processes. Processes of one run pair by position (an
+    interleaved run's round r of A with its round r of B, measured side by side, so drift cancels); processes
+    left over pair across runs in order. Pairing independent processes arbitrarily is still valid: each
+    difference estimates the same change."""
+    by_run: list[dict[int, list[float]]] = []
+    for frame in (base, cand):
+        runs: dict[int, list[float]] = {}
+        for _, row in frame.sort_values("result_id").iterrows():
+            runs.setdefault(int(row["run_id"]), []).extend(process_values(row, metric))
+        by_run.append(runs)
+    diffs: list[float] = []
+    left: tuple[list[float], list[float]] = ([], [])
+    for run in sorted({*by_run[0], *by_run[1]}):
+        b, c = by_run[0].get(run, []), by_run[1].get(run, [])
+        k = min(len(b), len(c))
+        diffs += [math.log(y / x) for x, y in zip(b[:k], c[:k], strict=True)]
+        left[0].extend(b[k:])
+        left[1].extend(c[k:])
+    diffs += [math.log(y / x) for x, y in zip(left[0], left[1], strict=False)]
+    return np.array(diffs)
+
+
+def _pooled_values(rows: pd.DataFrame, metric: str) -> np.ndarray:
+    ok = rows[rows["status"] == "ok"]
+    return np.concatenate([metric_values(r, metric) for _, r in ok.iterrows()]) if len(ok) else np.array([])
+
+
 def compare_frames(
     base: pd.DataFrame, cand: pd.DataFrame, metrics: tuple[str, ...] = tuple(METRICS), ci: bool = True
 ) -> pd.DataFrame:
-    """Per model × metric: baseline/candidate means, ratio, CI and p-value."""
+    """Per model × metric: baseline/candidate means, ratio, CI, p-value and the paired log ratios.
+
+    A side may hold several results of one model (pooled runs): the newest one's status speaks for the side,
+    and the samples of all its ok results are pooled."""
     rows = []
-    b_by_model, c_by_model = base.set_index("model"), cand.set_index("model")
     for model in list(dict.fromkeys([*base["model"], *cand["model"]])):
-        b = b_by_model.loc[model] if model in b_by_model.index else None
-        c = c_by_model.loc[model] if model in c_by_model.index else None
+        b_rows = base[base["model"] == model].sort_values("result_id")
+        c_rows = cand[cand["model"] == model].sort_values("result_id")
+        b = b_rows.iloc[-1] if len(b_rows) else None
+        c = c_rows.iloc[-1] if len(c_rows) else None
+        b_ok = b_rows[b_rows["status"] == "ok"] if b is not None and b["status"] == "ok" else b_rows.iloc[0:0]
+        c_ok = c_rows[c_rows["status"] == "ok"] if c is not None and c["status"] == "ok" else c_rows.iloc[0:0]
         for metric in metrics:
-            bv = metric_values(b, metric) if b is not None and b["status"] == "ok" else np.array([])
-            cv = metric_values(c, metric) if c is not None and c["status"] == "ok" else np.array([])
+            bv, cv = _pooled_values(b_ok, metric), _pooled_values(c_ok, metric)
             bm, cm = (float(np.mean(bv)) if len(bv) else np.nan), (float(np.mean(cv)) if len(cv) else np.nan)
             low, high = ratio_ci(bv, cv) if ci and len(bv) and len(cv) else (np.nan, np.nan)
+            diffs = paired_log_ratios(b_ok, c_ok, metric) if len(bv) and len(cv) else np.array([])
             rows.append(
                 {
                     "model": model,
@@ -144,11 +204,12 @@ def compare_frames(
                     "baseline": bm,
                     "candidate": cm,
                     "ratio": cm / bm if bm and not np.isnan(bm) and not np.isnan(cm) else np.nan,
-                    # robust to a single disturbed repetition; the gate judges on this one
                     "median_ratio": float(np.median(cv) / np.median(bv)) if len(bv) and len(cv) else np.nan,
                     "ci_low": low,
                     "ci_high": high,
                     "p_value": mann_whitney_p(bv, cv),
+                    "n_pairs": len(diffs),
+                    "log_ratios": [float(d) for d in diffs],
                     "n_baseline": len(bv),
                     "n_candidate": len(cv),
                     "baseline_status": None if b is None else b["status"],
@@ -159,11 +220,71 @@ def compare_frames(
     return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
 
 
+def suite_settings(row: Any, run_settings: dict[str, Any] | None) -> dict[str, Any]:
+    """The settings a result was measured with: its own n_prompt/n_gen, the rest from its run's suite.
+    A source that does not record a setting (an import) leaves it out rather than guessing."""
+    suite = (run_settings or {}).get("suite") or {}
+    out = {k: suite[k] for k in SETTINGS_COMPARED if k in suite}
+    for k in ("n_prompt", "n_gen"):
+        if row.get(k) is not None and not pd.isna(row[k]):
+            out[k] = int(row[k])
+    return out
+
+
+def settings_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    return [f"{k} {a[k]} → {b[k]}" for k in SETTINGS_COMPARED if k in a and k in b and a[k] != b[k]]
+
+
+def _pool(
+    session: Session, side: Side, ref: str, extra_runs: Iterable[int], settings_of: dict[int, dict[str, Any]]
+) -> pd.DataFrame:
+    """The side's own results plus every other result of the same build identity, model and machine measured
+    with equal settings: in any run for a plain BUILD, in `extra_runs` (rounds added by the gate) for BUILD@RUN."""
+    own = results_frame(session, list(side.run_ids))
+    own = own[own["result_id"].isin(side.result_ids)]
+    _, named_run = parse_ref(ref)
+    extra = set(extra_runs)
+    if named_run is not None and not extra:
+        return own
+    everything = results_frame(session, None, with_samples=False)
+    keys = {
+        (r["model"], r["build_sha"]): suite_settings(r, settings_of.get(int(r["run_id"]))) for _, r in own.iterrows()
+    }
+    same = everything[
+        (everything["build"] == side.build)
+        & (everything["machine_fingerprint"] == side.machine_fingerprint)
+        & ~everything["result_id"].isin(side.result_ids)
+        & (everything["run_id"].isin(extra) if named_run is not None else True)
+    ]
+    wanted = [
+        int(r["result_id"])
+        for _, r in same.iterrows()
+        if (r["model"], r["build_sha"]) in keys
+        and suite_settings(r, settings_of.get(int(r["run_id"]))) == keys[(r["model"], r["build_sha"])]
+    ]
+    if not wanted:
+        return own
+    more = results_frame(session, sorted({int(x) for x in same[same["result_id"].isin(wanted)]["run_id"]}))
+    return pd.concat([own, more[more["result_id"].isin(wanted)]], ignore_index=True)
+
+
 def compare(
-    session: Session, baseline_ref: str, candidate_ref: str, *, allow_cross_machine: bool = False, ci: bool = True
+    session: Session,
+    baseline_ref: str,
+    candidate_ref: str,
+    *,
+    allow_cross_machine: bool = False,
+    allow_mixed_settings: bool = False,
+    ci: bool = True,
+    extra_runs: Iterable[int] = (),
 ) -> Comparison:
     candidate = resolve_side(session, candidate_ref)
     baseline = resolve_side(session, baseline_ref, machine_fingerprint=candidate.machine_fingerprint)
+    if set(baseline.result_ids) == set(candidate.result_ids):
+        raise ConfigError(
+            f"--baseline {baseline_ref} and --candidate {candidate_ref} are the same results ({candidate.label}): "
+            "a build compared with itself shows nothing; name two builds, or two runs (BUILD@RUN) of one"
+        )
     cross = baseline.machine_fingerprint != candidate.machine_fingerprint
     if cross and not allow_cross_machine:
         raise StoreError(
@@ -171,7 +292,52 @@ def compare(
             f"({baseline.machine_fingerprint}) but candidate {candidate.label} ran on "
             f"{candidate.machine} ({candidate.machine_fingerprint}); pass --allow-cross-machine to compare anyway"
         )
-    frames = results_frame(session, sorted({*baseline.run_ids, *candidate.run_ids}))
-    base = frames[frames["result_id"].isin(baseline.result_ids)]
-    cand = frames[frames["result_id"].isin(candidate.result_ids)]
-    return Comparison(baseline, candidate, cross, compare_frames(base, cand, ci=ci))
+    runs = runs_frame(session)
+    settings_of = {int(r): s for r, s in zip(runs["run_id"], runs["settings"], strict=True)}
+    extra = tuple(extra_runs)
+    base = _with_rounds(_pool(session, baseline, baseline_ref, extra, settings_of), settings_of)
+    cand = _with_rounds(_pool(session, candidate, candidate_ref, extra, settings_of), settings_of)
+    mixed = _mixed_settings(base, cand, baseline, candidate, settings_of)
+    if mixed and not allow_mixed_settings:
+        raise ConfigError(
+            f"baseline {baseline.label} and candidate {candidate.label} were measured with different suite "
+            f"settings ({'; '.join(mixed)}): their numbers do not compare; pass --allow-mixed-settings to compare"
+        )
+    return Comparison(
+        baseline,
+        candidate,
+        cross,
+        compare_frames(base, cand, ci=ci),
+        tuple(mixed),
+        (tuple(sorted({int(r) for r in base["run_id"]})), tuple(sorted({int(r) for r in cand["run_id"]}))),
+    )
+
+
+def _with_rounds(frame: pd.DataFrame, settings_of: dict[int, dict[str, Any]]) -> pd.DataFrame:
+    """How many worker processes (interleaved rounds) each result's samples came from."""
+
+    def rounds(run_id: int) -> int:
+        settings = settings_of.get(run_id) or {}
+        return int(settings.get("rounds") or 1) if settings.get("interleave") else 1
+
+    return frame.assign(rounds=[rounds(int(r)) for r in frame["run_id"]])
+
+
+def _mixed_settings(
+    base: pd.DataFrame, cand: pd.DataFrame, baseline: Side, candidate: Side, settings_of: dict[int, dict[str, Any]]
+) -> list[str]:
+    """Per model measured on both sides: the settings that differ between the results standing for each side."""
+    chosen_b = base[base["result_id"].isin(baseline.result_ids)].set_index("model")
+    chosen_c = cand[cand["result_id"].isin(candidate.result_ids)]
+    found: dict[str, list[str]] = {}
+    for _, c in chosen_c.iterrows():
+        if c["model"] not in chosen_b.index:
+            continue
+        b = chosen_b.loc[c["model"]]
+        b = b.iloc[-1] if isinstance(b, pd.DataFrame) else b
+        diff = settings_differences(
+            suite_settings(b, settings_of.get(int(b["run_id"]))), suite_settings(c, settings_of.get(int(c["run_id"])))
+        )
+        for d in diff:
+            found.setdefault(d, []).append(str(c["model"]))
+    return [f"{d} ({', '.join(models)})" for d, models in found.items()]

@@ -1,31 +1,53 @@
-"""The release verdict: every model that loaded before still loads ok, and no metric regressed
-beyond its threshold with statistical significance."""
+"""The release verdict: every model that loaded before still loads ok, and every gated metric is *shown* to
+be within its threshold.
+
+Each check ends in one of three outcomes (bench.sequential.Outcome): pass — the confidence sequence of the
+change lies wholly on the good side of the threshold; fail — wholly beyond it (or a model that loaded on the
+baseline is not ok on the candidate); inconclusive — neither, because the samples at hand cannot tell. A
+single load time is `reported`, not gated. The verdict is the worst check.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench.compare import Comparison
 from bench.config import GateConfig
-from bench.metrics import METRICS
+from bench.metrics import METRICS, Status
 from bench.render import missing
+from bench.sequential import Decision, Outcome, decide, worst
+
+EXIT_CODES = {Outcome.PASS: 0, Outcome.FAIL: 1, Outcome.INCONCLUSIVE: 3}
+# peak memory repeats to within a fraction of a percent: one value a side is judged on the threshold alone
+EXACT_METRICS = ("rss_peak_bytes",)
 
 
 @dataclass(frozen=True)
 class Check:
     model: str
     metric: str  # a METRICS key, or "load" for the load status
-    passed: bool
+    outcome: Outcome
     message: str
-    ratio: float | None = None
+    ratio: float | None = None  # candidate / baseline (geometric mean of paired ratios when paired)
     change_pct: float | None = None
     threshold_pct: float | None = None
-    p_value: float | None = None
+    ci_low: float | None = None  # anytime-valid 1 - alpha confidence sequence of the ratio, at this look
+    ci_high: float | None = None
+    n_pairs: int | None = None
+    mde_pct: float | None = None  # smallest change in the bad direction these samples could have shown
+    pairs_needed: int | None = None  # more paired samples to settle an inconclusive check at this noise
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome in (Outcome.PASS, Outcome.REPORTED)
 
 
 @dataclass(frozen=True)
@@ -34,104 +56,184 @@ class Verdict:
     checks: list[Check]
 
     @property
+    def outcome(self) -> Outcome:
+        return worst([c.outcome for c in self.checks])
+
+    @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
+        return self.outcome is Outcome.PASS
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES[self.outcome]
 
     @property
     def failures(self) -> list[Check]:
-        return [c for c in self.checks if not c.passed]
+        return [c for c in self.checks if c.outcome is Outcome.FAIL]
+
+    @property
+    def inconclusive(self) -> list[Check]:
+        return [c for c in self.checks if c.outcome is Outcome.INCONCLUSIVE]
+
+    def open_models(self) -> list[str]:
+        """Models with an inconclusive check that more rounds could settle (both sides measured ok)."""
+        return list(dict.fromkeys(c.model for c in self.inconclusive if c.metric != "load" and c.n_pairs))
 
 
-def _nan(x: float | None) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
-
-
-def evaluate(comparison: Comparison, gate: GateConfig | None = None) -> Verdict:
-    """Judge a comparison. Thresholds are percent changes: negative for t/s, positive for costs."""
+def evaluate(comparison: Comparison, gate: GateConfig | None = None, *, pairs_per_round: int | None = None) -> Verdict:
+    """Judge a comparison. Thresholds are percent changes: negative for t/s, positive for costs.
+    `pairs_per_round` (process pairs a round adds) turns "needs N more pairs" into rounds in the messages."""
     gate = gate or GateConfig()
     table = comparison.table
     checks: list[Check] = []
     for model, rows in table.groupby("model", sort=False):
         first = rows.iloc[0]
         base_status, cand_status = first["baseline_status"], first["candidate_status"]
-        if base_status == "ok" and cand_status != "ok":
+        if base_status == Status.OK and cand_status != Status.OK:
             reason = first["candidate_reason"]
             if missing(reason) or not reason:
                 reason = "not measured for the candidate"
             checks.append(
-                Check(str(model), "load", False, f"loaded ok on the baseline; candidate is {cand_status}: {reason}")
+                Check(
+                    str(model),
+                    "load",
+                    Outcome.FAIL,
+                    f"loaded ok on the baseline; candidate is {cand_status}: {reason}",
+                )
             )
             continue
-        if base_status != "ok":
+        if base_status != Status.OK:
             checks.append(
                 Check(
                     str(model),
                     "load",
-                    True,
+                    Outcome.REPORTED,
                     f"baseline status {base_status}: nothing to hold the candidate to (candidate {cand_status})",
                 )
             )
             continue
-        checks.append(Check(str(model), "load", True, "ok on both"))
+        checks.append(Check(str(model), "load", Outcome.PASS, "ok on both"))
         limits = gate.limits(str(model))
-        for row in rows.itertuples():
-            metric = str(row.metric)
-            threshold = limits.get(metric)
-            if threshold is None:
-                continue
-            checks.append(_judge(str(model), metric, row, threshold, gate.alpha))
+        judged = [
+            _judge(str(model), str(row.metric), row, limits[str(row.metric)], gate.alpha, pairs_per_round)
+            for row in rows.itertuples()
+            if str(row.metric) in limits
+        ]
+        checks += judged
+        if not any(c.outcome is not Outcome.REPORTED for c in judged):
+            checks.append(
+                Check(str(model), "data", Outcome.INCONCLUSIVE, "no gated metric was measured on both sides: no data")
+            )
     return Verdict(comparison, checks)
 
 
-def _judge(model: str, metric: str, row: Any, threshold: float, alpha: float) -> Check:
-    p_value = row.p_value
-    sampled = not _nan(p_value)
-    # sampled metrics are judged on the median ratio: one disturbed repetition must not move the verdict
-    ratio = row.median_ratio if sampled else row.ratio
-    if _nan(ratio):
-        return Check(model, metric, True, "no data on one side", threshold_pct=threshold)
+def _judge(model: str, metric: str, row: Any, threshold: float, alpha: float, per_round: int | None) -> Check:
+    spec = METRICS[metric]
+    n_base, n_cand = int(row.n_baseline), int(row.n_candidate)
+    if n_base == 0 and n_cand == 0:
+        return Check(model, metric, Outcome.REPORTED, "not measured on either side", threshold_pct=threshold)
+    if n_base == 0 or n_cand == 0:
+        side = "candidate" if n_cand == 0 else "baseline"
+        return Check(
+            model,
+            metric,
+            Outcome.INCONCLUSIVE,
+            f"no {spec.label} samples on the {side} side: no data is not a pass",
+            threshold_pct=threshold,
+        )
+    if spec.samples_column is None and n_base == 1 and n_cand == 1:
+        return _judge_single(model, metric, row, threshold)
+    d = decide(np.asarray(row.log_ratios, dtype=float), threshold, spec.higher_is_better, alpha)
+    return _sequential_check(model, metric, d, threshold, alpha, per_round)
+
+
+def _judge_single(model: str, metric: str, row: Any, threshold: float) -> Check:
+    ratio = float(row.ratio)
     change = (ratio - 1.0) * 100.0
+    detail = f"{change:+.1f}% (ratio {ratio:.3f}, one value a side); threshold {threshold:+g}%"
+    if metric not in EXACT_METRICS:
+        return Check(
+            model,
+            metric,
+            Outcome.REPORTED,
+            f"{detail}: one value proves nothing: reported, not gated",
+            ratio,
+            change,
+            threshold,
+        )
     beyond = METRICS[metric].worse(change, threshold)
-    # single values: memory is near-exact, so the threshold alone decides; one load time proves nothing
-    significant = p_value < alpha if sampled else metric != "load_s"
-    if sampled:
-        ci = f", 95% CI [{row.ci_low:.3f}, {row.ci_high:.3f}]" if not _nan(row.ci_low) else ""
-        detail = f"median {change:+.1f}% (mean ratio {row.ratio:.3f}{ci}, Mann-Whitney p={p_value:.3g})"
+    outcome = Outcome.FAIL if beyond else Outcome.PASS
+    return Check(model, metric, outcome, ("REGRESSION " if beyond else "") + detail, ratio, change, threshold)
+
+
+def _pct(log_ratio: float) -> float:
+    return (math.exp(log_ratio) - 1.0) * 100.0
+
+
+def _sequential_check(
+    model: str, metric: str, d: Decision, threshold: float, alpha: float, per_round: int | None
+) -> Check:
+    ev = d.evidence
+    ratio, change = math.exp(ev.estimate), _pct(ev.estimate)
+    level = f"{1 - alpha:.0%}"
+    if math.isinf(ev.halfwidth):
+        cs = f"{ev.n} process pairs: too few to bound the change"
     else:
-        detail = f"{change:+.1f}% (ratio {ratio:.3f}, single value)"
-    msg = f"{detail}; threshold {threshold:+g}%"
-    failed = beyond and significant
-    if beyond and not significant:
-        msg += ": beyond threshold but not significant" if sampled else ": beyond threshold, one sample: not gated"
+        cs = f"{level} confidence sequence [{math.exp(ev.low):.3f}, {math.exp(ev.high):.3f}], {ev.n} pairs"
+    detail = f"{change:+.1f}% ({cs}); threshold {threshold:+g}%"
+    if d.mde_pct is not None:
+        detail += f"; could detect {d.mde_pct:+.1f}% or worse"
+    if d.outcome is Outcome.FAIL:
+        message = f"REGRESSION {detail}"
+    elif d.outcome is Outcome.PASS:
+        message = f"{detail}: within threshold"
+    else:
+        message = f"inconclusive: {detail}; {_needs(d, ev.n, per_round)}"
+    low = None if math.isinf(ev.low) else math.exp(ev.low)
+    high = None if math.isinf(ev.high) else math.exp(ev.high)
     return Check(
-        model,
-        metric,
-        not failed,
-        ("REGRESSION " if failed else "") + msg,
-        ratio,
-        change,
-        threshold,
-        p_value if sampled else None,
+        model, metric, d.outcome, message, ratio, change, threshold, low, high, ev.n, d.mde_pct, d.pairs_needed
     )
 
 
-def markdown(verdict: Verdict) -> str:
+def _needs(d: Decision, n: int, per_round: int | None) -> str:
+    ev = d.evidence
+    if n < 2 or math.isnan(ev.sd):
+        return "needs more rounds: too few samples to estimate the noise"
+    noise = f"at this noise (sd {_pct(ev.sd):.1f}% per process pair)"
+    if d.pairs_needed is None:
+        return f"the estimate sits on the threshold: no feasible number of rounds settles it {noise}"
+    gap = abs(_pct(ev.estimate) - _pct(d.bound))
+    rounds = math.ceil(d.pairs_needed / per_round) if per_round else None
+    more = (
+        f"~{rounds} more rounds ({d.pairs_needed} paired samples)"
+        if rounds
+        else f"~{d.pairs_needed} more paired samples"
+    )
+    return f"needs {more} for ±{gap:.1f}% {noise}"
+
+
+# -- reports -----------------------------------------------------------------------------------------
+
+_MARK = {Outcome.PASS: "pass", Outcome.FAIL: "**FAIL**", Outcome.INCONCLUSIVE: "*inconclusive*", Outcome.REPORTED: "–"}
+
+
+def markdown(verdict: Verdict, note: str | None = None) -> str:
     cmp = verdict.comparison
-    head = "PASS" if verdict.passed else "FAIL"
-    lines = [
-        f"## perfgate: {head} — {cmp.candidate.label} vs {cmp.baseline.label}",
-        "",
-    ]
+    head = verdict.outcome.value.upper()
+    lines = [f"## perfgate: {head} — {cmp.candidate.label} vs {cmp.baseline.label}", ""]
     if cmp.cross_machine:
         lines += [f"> **cross-machine comparison**: {cmp.baseline.machine} vs {cmp.candidate.machine}", ""]
-    if verdict.failures:
-        lines += ["### Failures", ""] + [f"- **{c.model}** `{c.metric}`: {_md(c.message)}" for c in verdict.failures]
-        lines.append("")
+    if cmp.mixed_settings:
+        lines += [f"> **different suite settings**, compared on request: {_md('; '.join(cmp.mixed_settings))}", ""]
+    if note:
+        lines += [_md(note), ""]
+    for title, checks in (("Failures", verdict.failures), ("Inconclusive", verdict.inconclusive)):
+        if checks:
+            lines += [f"### {title}", ""] + [f"- **{_md(c.model)}** `{c.metric}`: {_md(c.message)}" for c in checks]
+            lines.append("")
     lines += ["| model | check | result | detail |", "| --- | --- | --- | --- |"]
-    lines += [
-        f"| {_md(c.model)} | {c.metric} | {'pass' if c.passed else '**FAIL**'} | {_md(c.message)} |"
-        for c in verdict.checks
-    ]
+    lines += [f"| {_md(c.model)} | {c.metric} | {_MARK[c.outcome]} | {_md(c.message)} |" for c in verdict.checks]
     return "\n".join(lines) + "\n"
 
 
@@ -139,14 +241,41 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def to_json(verdict: Verdict, extra: dict[str, Any] | None = None) -> str:
+    cmp = verdict.comparison
+    payload = {
+        "verdict": verdict.outcome.value,
+        "exit_code": verdict.exit_code,
+        "baseline": cmp.baseline.label,
+        "candidate": cmp.candidate.label,
+        "pooled_runs": {"baseline": list(cmp.pooled_runs[0]), "candidate": list(cmp.pooled_runs[1])},
+        "cross_machine": cmp.cross_machine,
+        "mixed_settings": list(cmp.mixed_settings),
+        "checks": [{**asdict(c), "outcome": c.outcome.value} for c in verdict.checks],
+        **(extra or {}),
+    }
+    return json.dumps(payload, indent=1, allow_nan=False, default=_finite) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    return None if isinstance(value, float) and not math.isfinite(value) else str(value)
+
+
 def junit(verdict: Verdict, path: Path) -> None:
+    """Inconclusive checks are failures with type="inconclusive" (not skipped): a CI that reads only the JUnit
+    file must not turn green on evidence that could not show a regression."""
     suite = ET.Element(
-        "testsuite", name="perfgate", tests=str(len(verdict.checks)), failures=str(len(verdict.failures))
+        "testsuite",
+        name="perfgate",
+        tests=str(len(verdict.checks)),
+        failures=str(len(verdict.failures) + len(verdict.inconclusive)),
     )
     for c in verdict.checks:
         case = ET.SubElement(suite, "testcase", classname=f"perfgate.{c.model}", name=c.metric)
-        if not c.passed:
-            ET.SubElement(case, "failure", message=c.message).text = c.message
+        if c.outcome is Outcome.FAIL:
+            ET.SubElement(case, "failure", message=c.message, type="regression").text = c.message
+        elif c.outcome is Outcome.INCONCLUSIVE:
+            ET.SubElement(case, "failure", message=c.message, type="inconclusive").text = c.message
         else:
             ET.SubElement(case, "system-out").text = c.message
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,19 +1,33 @@
-"""Benchmark (not a test): how often does the gate fail an A/A comparison, and how often does it catch a
-5% tg drop, with the default repetitions and thresholds?
+"""Benchmark (not a test): how the gate's verdicts behave on real sample pools, with and without sampling until
+sure — through the gate's own code at every look: bench.compare.process_values reduces each worker process to
+one value, the processes pair as the gate pairs them, and bench.sequential.decide (what every gate check calls)
+judges pp and tg against the default thresholds.
 
-Measures real samples first: one build under two names, interleaved for many rounds (so the pools hold
-process-to-process variation, not only repetition-to-repetition), then resamples the default number of
-repetitions per side from each pool and runs the gate's own code on every resample.
+Pools (collected once, then resampled; every number below comes from them):
+- CPU, 1 and 2 threads: one build under two names (A, B), `--interleave` for many rounds of a few repetitions,
+  on this shared 2-core machine (others' jobs land on the same cores: the pools carry their contention bursts).
+  A simulated look takes one real ABBA round: two (A, B) process pairs measured side by side, drawn at random.
+- GPU: the committed H100 ladder (benchmarks/results/gpu_ladder.json): per model, the good, fixed and
+  llama-bench-good processes (the same libllama) form one pool; a simulated process takes its j-th repetition
+  from a random real process's j-th (so the slow first pp repetition stays first).
 
-    .venv/bin/python benchmarks/gate_calibration.py [--rounds 12] [--resamples 500] [--drop 0.05]
+Scenarios: A/A (a true 0% change) and a true `--drop` tg drop (each candidate tg repetition takes 1/(1-drop) as
+long). Each simulated gate starts from one round of `--reps` repetitions a side (what `bench run` gives) and,
+sampling until sure, adds ABBA rounds for as long as a pp or tg check is inconclusive, up to `--max-rounds`.
+
+    .venv/bin/python benchmarks/gate_calibration.py collect --threads 1 --rounds 60 --reps-per-round 3
+    .venv/bin/python benchmarks/gate_calibration.py simulate [--sims 400] [--drop 0.05] [--max-rounds 30]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,109 +35,237 @@ import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.compare import Comparison, Side, compare_frames
-from bench.config import GateConfig, Thresholds
-from bench.gate import evaluate
+from bench.compare import process_values
+from bench.config import GateConfig
+from bench.metrics import METRICS as SPECS
+from bench.sequential import Outcome, decide
 from bench.store.db import open_store
 from bench.store.queries import results_frame
 from bench.synth import SynthSpec, synthesize
 
+RESULTS = Path(__file__).with_name("results")
+POOLS = RESULTS / "gate_pools_cpu.json"
+GPU_LADDER = RESULTS / "gpu_ladder.json"
+METRICS = ("pp_ts", "tg_ts")
 
-def measure_pools(tmp: Path, rounds: int, reps_per_round: int, threads: int) -> pd.DataFrame:
-    model = tmp / "tiny-Q4_0.gguf"
-    synthesize(SynthSpec("tiny", "Q4_0"), model)
-    cfg = tmp / "aa.yaml"
-    cfg.write_text(
-        yaml.safe_dump(
-            {
-                "models": [{"name": "tiny-q4", "path": str(model)}],
-                "builds": [{"name": "A", "python": sys.executable}, {"name": "B", "python": sys.executable}],
-                "suite": {"n_prompt": 512, "n_gen": 128, "repetitions": rounds * reps_per_round, "threads": threads},
-            }
+
+@dataclass(frozen=True)
+class Pool:
+    """Real processes of one build measured against itself: blocks[i] = (pp ns, tg ns) of one process."""
+
+    name: str
+    n_prompt: int
+    n_gen: int
+    # per round: (baseline process, candidate process), measured side by side; or per model for the GPU pool
+    rounds: list[tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]]
+    seconds_per_look: float
+    positionwise: bool  # GPU: compose processes repetition by repetition from the pool
+
+
+def collect(threads: int, rounds: int, reps_per_round: int) -> None:
+    """Measure a pool (A/A, interleaved) and append it to benchmarks/results/gate_pools_cpu.json."""
+    with tempfile.TemporaryDirectory(prefix="calibration-") as tmp:
+        model = Path(tmp) / "tiny-Q4_0.gguf"
+        synthesize(SynthSpec("tiny", "Q4_0"), model)
+        cfg = Path(tmp) / "aa.yaml"
+        suite = {"n_prompt": 512, "n_gen": 128, "repetitions": rounds * reps_per_round, "threads": threads}
+        cfg.write_text(
+            yaml.safe_dump(
+                {
+                    "models": [{"name": "tiny-q4", "path": str(model)}],
+                    "builds": [{"name": "A", "python": sys.executable}, {"name": "B", "python": sys.executable}],
+                    "suite": suite,
+                }
+            )
         )
-    )
-    db = f"sqlite:///{tmp}/aa.sqlite"
-    subprocess.run(
-        [
-            str(Path(sys.executable).with_name("bench")),
-            "run",
-            "--config",
-            str(cfg),
-            "--db",
-            db,
-            "--interleave",
-            "--rounds",
-            str(rounds),
-            "--quiet",
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+        db = f"sqlite:///{tmp}/aa.sqlite"
+        bench = str(Path(sys.executable).with_name("bench"))
+        run = [bench, "run", "--config", str(cfg), "--db", db, "--interleave", "--rounds", str(rounds), "--quiet"]
+        subprocess.run(run, check=True, stdout=subprocess.DEVNULL)
+        export_pool(db, f"cpu-t{threads}", reps_per_round)
+
+
+def export_pool(db: str, name: str, reps_per_round: int) -> None:
     with open_store(db) as store, store.session() as session:
-        return results_frame(session)
+        frame = results_frame(session).set_index("build")
+    runs = pd.to_datetime(frame["finished_at"]) - pd.to_datetime(frame["started_at"])
+    a, b = frame.loc["A"], frame.loc["B"]
+    n_rounds = min(len(a["samples_tg_ns"]), len(b["samples_tg_ns"])) // reps_per_round
+    pools = json.loads(POOLS.read_text()) if POOLS.exists() else {}
+    pools[name] = {
+        "n_prompt": int(a["n_prompt"]),
+        "n_gen": int(a["n_gen"]),
+        "reps_per_round": reps_per_round,
+        "rounds": n_rounds,
+        # both results span the whole interleaved run: one AB round is the run's time over its rounds
+        "seconds_per_ab_round": float(runs.max().total_seconds()) / n_rounds,
+        "A": {"pp": list(a["samples_pp_ns"]), "tg": list(a["samples_tg_ns"])},
+        "B": {"pp": list(b["samples_pp_ns"]), "tg": list(b["samples_tg_ns"])},
+    }
+    POOLS.write_text(json.dumps(pools, indent=0) + "\n")
+    print(f"{name}: {n_rounds} rounds of {reps_per_round} a side → {POOLS}")
 
 
-def _one(row: pd.Series, pp: np.ndarray, tg: np.ndarray) -> pd.DataFrame:
-    r = row.copy()
-    r["samples_pp_ns"], r["samples_tg_ns"] = [int(x) for x in pp], [int(x) for x in tg]
-    return pd.DataFrame([r])
+def cpu_pools() -> list[Pool]:
+    out = []
+    for name, p in json.loads(POOLS.read_text()).items():
+        k = p["reps_per_round"]
+
+        def block(side: str, r: int, p: dict = p, k: int = k) -> tuple[list[int], list[int]]:
+            return p[side]["pp"][r * k : (r + 1) * k], p[side]["tg"][r * k : (r + 1) * k]
+
+        rounds = [(block("A", r), block("B", r)) for r in range(p["rounds"])]
+        out.append(Pool(name, p["n_prompt"], p["n_gen"], rounds, 2 * p["seconds_per_ab_round"], False))
+    return out
 
 
-def gate_fails(
-    base_row: pd.Series,
-    cand_row: pd.Series,
-    rng: np.random.Generator,
-    reps: int,
-    drop: float,
-    thresholds: Thresholds,
-) -> dict[str, bool]:
-    picks = {}
-    for side, row in (("base", base_row), ("cand", cand_row)):
-        picks[side] = [
-            rng.choice(np.array(row[c]), size=reps, replace=False) for c in ("samples_pp_ns", "samples_tg_ns")
+def gpu_pools() -> list[Pool]:
+    rows = [r for r in json.loads(GPU_LADDER.read_text()) if r["status"] == "ok" and r["samples_tg_ns"]]
+    out = []
+    for model in sorted({r["model"] for r in rows}):
+        procs = [r for r in rows if r["model"] == model]
+        seconds = [
+            (pd.Timestamp(r["finished_at"]) - pd.Timestamp(r["started_at"])).total_seconds() + (r["load_s"] or 0)
+            for r in procs
+            if r["load_s"] is not None
         ]
-    # a slower candidate: each generation repetition takes 1/(1-drop) as long
-    cand_tg = picks["cand"][1] / (1.0 - drop)
-    table = compare_frames(
-        _one(base_row, *picks["base"]), _one(cand_row, picks["cand"][0], cand_tg), metrics=("pp_ts", "tg_ts"), ci=False
+        blocks = [(r["samples_pp_ns"], r["samples_tg_ns"]) for r in procs]
+        out.append(
+            Pool(
+                f"H100 {model}",
+                procs[0]["n_prompt"],
+                procs[0]["n_gen"],
+                [(x, x) for x in blocks],
+                4 * float(np.mean(seconds)),
+                True,
+            )
+        )
+    return out
+
+
+class Simulation:
+    """One simulated gate: rounds drawn from a pool, judged after each by the gate's own decision code."""
+
+    def __init__(self, pool: Pool, rng: np.random.Generator, drop: float, reps: int, gate: GateConfig) -> None:
+        self.pool, self.rng, self.drop, self.reps, self.gate = pool, rng, drop, reps, gate
+        self.diffs: dict[str, list[float]] = {m: [] for m in METRICS}
+
+    def _process(self) -> tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]:
+        pool = self.pool
+        if pool.positionwise:
+            blocks = [b for pair in pool.rounds for b in pair]
+
+            def compose() -> tuple[list[int], list[int]]:
+                picks = self.rng.integers(0, len(blocks), size=self.reps)
+                return [blocks[i][0][j] for j, i in enumerate(picks)], [blocks[i][1][j] for j, i in enumerate(picks)]
+
+            return compose(), compose()
+        return pool.rounds[int(self.rng.integers(0, len(pool.rounds)))]
+
+    def _values(self, pp: list[int], tg: list[int], metric: str) -> float:
+        # the gate's own reduction of one process to one value (median of its repetitions)
+        row = {"n_prompt": self.pool.n_prompt, "n_gen": self.pool.n_gen, "samples_pp_ns": pp, "samples_tg_ns": tg}
+        return process_values(row, metric)[0]
+
+    def add_round(self, processes: int) -> None:
+        """`processes` (A, B) process pairs measured side by side; the gate pairs them the same way."""
+        for _ in range(processes):
+            (a_pp, a_tg), (b_pp, b_tg) = self._process()
+            b_tg = [int(ns / (1.0 - self.drop)) for ns in b_tg]  # the candidate's tg, slower by `drop`
+            for m in METRICS:
+                self.diffs[m].append(math.log(self._values(b_pp, b_tg, m) / self._values(a_pp, a_tg, m)))
+
+    def judge(self) -> dict[str, Outcome]:
+        limits = self.gate.limits("m")
+        return {
+            m: decide(np.array(self.diffs[m]), limits[m], SPECS[m].higher_is_better, self.gate.alpha).outcome
+            for m in METRICS
+        }
+
+
+def simulate(pool: Pool, gate: GateConfig, drop: float, sims: int, reps: int, max_rounds: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    fixed, final, rounds_used = [], [], []
+    for _ in range(sims):
+        sim = Simulation(pool, rng, drop, reps, gate)
+        # what one `bench run` gives: one process a side (the CPU pools' rounds hold 3 repetitions: take 2)
+        sim.add_round(1 if pool.positionwise else 2)
+        verdict = sim.judge()
+        fixed.append(verdict)
+        used = 0
+        while Outcome.INCONCLUSIVE in verdict.values() and used < max_rounds:
+            sim.add_round(2)  # an ABBA round: two process pairs
+            used += 1
+            verdict = sim.judge()
+        final.append(verdict)
+        rounds_used.append(np.nan if Outcome.INCONCLUSIVE in verdict.values() else used)
+    return {"fixed": fixed, "final": final, "rounds": np.array(rounds_used, dtype=float)}
+
+
+def rate(results: list[dict[str, Outcome]], metric: str | None, outcome: Outcome) -> float:
+    if metric is None:
+        return float(np.mean([any(o is outcome for o in r.values()) for r in results]))
+    return float(np.mean([r[metric] is outcome for r in results]))
+
+
+def report(args: argparse.Namespace) -> None:
+    gate = GateConfig()
+    thresholds = gate.thresholds.model_dump(exclude_none=True)
+    print(
+        f"gate thresholds pp {thresholds['pp_ts']:+g}%, tg {thresholds['tg_ts']:+g}%, alpha {gate.alpha}; "
+        f"{args.sims} simulated gates per cell; sampling until sure adds ≤ {args.max_rounds} ABBA rounds\n"
     )
-    side = Side("x", (0,), (0,), "m", "m")
-    verdict = evaluate(Comparison(side, side, False, table), GateConfig(thresholds=thresholds))
-    return {c.metric: not c.passed for c in verdict.checks if c.metric in ("pp_ts", "tg_ts")}
+    pools = cpu_pools() + gpu_pools() if POOLS.exists() else gpu_pools()
+    for i, pool in enumerate(pools):
+        aa = simulate(pool, gate, 0.0, args.sims, args.reps, args.max_rounds, seed=2 * i)
+        dr = simulate(pool, gate, args.drop, args.sims, args.reps, args.max_rounds, seed=2 * i + 1)
+        conclusive = aa["rounds"][~np.isnan(aa["rounds"])]
+        conclusive_drop = dr["rounds"][~np.isnan(dr["rounds"])]
+        med = float(np.median(conclusive)) if len(conclusive) else float("nan")
+        med_drop = float(np.median(conclusive_drop)) if len(conclusive_drop) else float("nan")
+        tg = [np.array([*p[0][1], *p[1][1]], dtype=float) for p in pool.rounds]
+        cv = float(np.mean([np.std(1 / t) / np.mean(1 / t) for t in tg if len(t) > 1]))
+        print(f"{pool.name}: {len(pool.rounds)} pooled rounds, tg CV within a round {cv:.1%}")
+        print(
+            f"  A/A false-fail (pp or tg): {rate(aa['final'], None, Outcome.FAIL):.1%} (goal ≤ 1%); "
+            f"declared pass (both): {np.mean([all(o is Outcome.PASS for o in r.values()) for r in aa['final']]):.1%} "
+            f"(goal ≥ 90%), median {med:g} rounds ≈ {med * pool.seconds_per_look:.0f} s"
+        )
+        print(
+            f"  {args.drop:.0%} tg drop failed: {rate(dr['final'], 'tg_ts', Outcome.FAIL):.1%} sampling until sure "
+            f"(goal ≥ 95%), {rate(dr['fixed'], 'tg_ts', Outcome.FAIL):.1%} with the first round alone; "
+            f"declared pass: {rate(dr['final'], 'tg_ts', Outcome.PASS):.1%} (goal ≤ 5%); "
+            f"median {med_drop:g} rounds ≈ {med_drop * pool.seconds_per_look:.0f} s"
+        )
+        print(
+            f"  first round alone, A/A: {rate(aa['fixed'], None, Outcome.FAIL):.1%} fail, "
+            f"{np.mean([all(o is Outcome.PASS for o in r.values()) for r in aa['fixed']]):.1%} pass\n"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=12)
-    parser.add_argument("--reps-per-round", type=int, default=5)
-    parser.add_argument("--resamples", type=int, default=500)
-    parser.add_argument("--drop", type=float, default=0.05)
-    parser.add_argument("--threads", type=int, default=1)
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("collect", help="measure an A/A pool on this machine")
+    c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--rounds", type=int, default=60)
+    c.add_argument("--reps-per-round", type=int, default=3)
+    e = sub.add_parser("export", help="turn an existing A/A interleaved store into a pool")
+    e.add_argument("--db", required=True)
+    e.add_argument("--name", required=True)
+    e.add_argument("--reps-per-round", type=int, default=3)
+    s = sub.add_parser("simulate", help="resample the pools through the gate")
+    s.add_argument("--sims", type=int, default=400)
+    s.add_argument("--drop", type=float, default=0.05)
+    s.add_argument("--reps", type=int, default=5, help="repetitions a process for the GPU pools")
+    s.add_argument("--max-rounds", type=int, default=30)
     args = parser.parse_args()
-    reps = 5  # suite.repetitions' default: what a user's gate sees
-    thresholds = GateConfig().thresholds
-    with tempfile.TemporaryDirectory(prefix="calibration-") as tmp:
-        frame = measure_pools(Path(tmp), args.rounds, args.reps_per_round, args.threads).set_index("build")
-    a, b = frame.loc["A"], frame.loc["B"]
-    rng = np.random.default_rng(0)
-    aa = [gate_fails(a, b, rng, reps, 0.0, thresholds) for _ in range(args.resamples)]
-    drop = [gate_fails(a, b, rng, reps, args.drop, thresholds) for _ in range(args.resamples)]
-    false_fail = np.mean([any(x.values()) for x in aa])
-    detect = np.mean([x["tg_ts"] for x in drop])
-    cv = {
-        m: float(np.std(np.array(s)) / np.mean(np.array(s)))
-        for m, s in (("pp", a["samples_pp_ns"]), ("tg", a["samples_tg_ns"]))
-    }
-    print(
-        f"pools: {len(a['samples_tg_ns'])} samples per build ({args.rounds} interleaved rounds × "
-        f"{args.reps_per_round}), tiny Q4_0 on CPU, {args.threads} thread(s); CV pp {cv['pp']:.2%}, tg {cv['tg']:.2%}"
-    )
-    print(
-        f"gate thresholds {thresholds.model_dump(exclude_none=True)}, {reps} repetitions per side, "
-        f"{args.resamples} resamples each"
-    )
-    print(f"A/A false-fail rate (pp or tg fails): {false_fail:.2%}   (goal ≤ 1%)")
-    print(f"detection rate, {args.drop:.0%} tg drop (tg fails):  {detect:.2%}   (goal ≥ 95%)")
+    if args.command == "collect":
+        collect(args.threads, args.rounds, args.reps_per_round)
+    elif args.command == "export":
+        export_pool(args.db, args.name, args.reps_per_round)
+    else:
+        report(args)
 
 
 if __name__ == "__main__":

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from bench import render
 from bench.cli.app import ConfigOption, DbOption, app, check_format, console
-from bench.config import DEFAULT_CONFIG, load_gate
-from bench.store.db import open_store
+from bench.config import DEFAULT_CONFIG, load_config, load_gate
+from bench.errors import ConfigError
+from bench.store.db import Store, open_store
+
+if TYPE_CHECKING:
+    from bench.gate import Verdict
+    from bench.sequential import Look
 
 
 @app.command("compare")
@@ -22,13 +28,23 @@ def compare_cmd(
     db: DbOption = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table|json|markdown|csv")] = "table",
     allow_cross_machine: Annotated[bool, typer.Option(help="compare runs from different machines")] = False,
+    allow_mixed_settings: Annotated[
+        bool, typer.Option(help="compare results measured with different suite settings")
+    ] = False,
 ) -> None:
     """Per model and metric: baseline, candidate, ratio with 95% CI, Mann-Whitney p-value, load status."""
     from bench.compare import compare
 
     check_format(fmt, ("table", "json", "markdown", "csv"))
-    with open_store(db) as store, store.session() as session:
-        result = compare(session, baseline, candidate, allow_cross_machine=allow_cross_machine)
+    with open_store(db, write=False) as store, store.session() as session:
+        result = compare(
+            session,
+            baseline,
+            candidate,
+            allow_cross_machine=allow_cross_machine,
+            allow_mixed_settings=allow_mixed_settings,
+        )
+    table = result.table.drop(columns=["log_ratios"])
     title = f"{result.candidate.label} vs {result.baseline.label}" + (
         " [CROSS-MACHINE]" if result.cross_machine else ""
     )
@@ -37,11 +53,12 @@ def compare_cmd(
             "baseline": result.baseline.__dict__,
             "candidate": result.candidate.__dict__,
             "cross_machine": result.cross_machine,
-            "rows": render.records(result.table),
+            "mixed_settings": list(result.mixed_settings),
+            "rows": render.records(table),
         }
         sys.stdout.write(json.dumps(payload, indent=1) + "\n")
     elif fmt == "csv":
-        sys.stdout.write(render.to_csv(result.table))
+        sys.stdout.write(render.to_csv(table))
     elif fmt == "markdown":
         sys.stdout.write(f"### {title}\n\n" + render.markdown_table(render.compare_display(result.table)) + "\n")
     else:
@@ -54,26 +71,119 @@ def gate_cmd(
     candidate: Annotated[str, typer.Option(help="BUILD or BUILD@RUN")],
     db: DbOption = None,
     config: ConfigOption = DEFAULT_CONFIG,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="markdown|json (stdout)")] = "markdown",
+    json_path: Annotated[Path | None, typer.Option("--json", help="also write the verdict as JSON here")] = None,
     junit_path: Annotated[Path | None, typer.Option("--junit", help="write JUnit XML here")] = None,
     summary: Annotated[Path | None, typer.Option(help="also write the markdown summary here")] = None,
     allow_cross_machine: Annotated[bool, typer.Option(help="compare runs from different machines")] = False,
+    allow_mixed_settings: Annotated[
+        bool, typer.Option(help="compare results measured with different suite settings")
+    ] = False,
+    measure: Annotated[
+        bool, typer.Option("--measure", help="add ABBA rounds for inconclusive (build, model) pairs until sure")
+    ] = False,
+    budget_s: Annotated[float, typer.Option("--budget-s", help="time --measure may spend adding rounds")] = 600.0,
 ) -> None:
-    """Release verdict: exit 0 pass, 1 fail, 2 usage error."""
-    from bench.compare import compare
-    from bench.gate import evaluate, junit, markdown, write_step_summary
+    """Release verdict: exit 0 pass, 1 fail (regression shown), 3 inconclusive (not shown either way), 2 usage error."""
+    from bench.gate import junit, markdown, to_json, write_step_summary
 
-    gate = load_gate(config)
-    with open_store(db) as store, store.session() as session:
-        comparison = compare(session, baseline, candidate, allow_cross_machine=allow_cross_machine)
-    verdict = evaluate(comparison, gate)
-    text = markdown(verdict)
-    sys.stdout.write(text)
+    check_format(fmt, ("markdown", "json"))
+    if budget_s < 0 or not math.isfinite(budget_s):
+        raise ConfigError(f"--budget-s: expected a number of seconds ≥ 0, got {budget_s}")
+    with open_store(db, write=measure) as store:
+        verdict, looks = judge_gate(
+            store,
+            baseline,
+            candidate,
+            config,
+            allow_cross_machine=allow_cross_machine,
+            allow_mixed_settings=allow_mixed_settings,
+            budget_s=budget_s if measure else None,
+        )
+    note = None
+    if measure:
+        spent = sum(look.seconds for look in looks)
+        note = (
+            f"Sampled until sure: {len(looks)} ABBA round(s) added in {spent:.0f} s "
+            f"(runs {', '.join(str(look.run_id) for look in looks) or 'none'}; budget {budget_s:g} s)."
+        )
+    text = markdown(verdict, note)
+    measured = {"measured": {"rounds": len(looks), "runs": [look.run_id for look in looks]}} if measure else None
+    document = to_json(verdict, measured)
+    sys.stdout.write(document if fmt == "json" else text)
     write_step_summary(text)
     if summary is not None:
         summary.write_text(text)
+    if json_path is not None:
+        json_path.write_text(document)
     if junit_path is not None:
         junit(verdict, junit_path)
-    raise typer.Exit(0 if verdict.passed else 1)
+    raise typer.Exit(verdict.exit_code)
+
+
+def judge_gate(
+    store: Store,
+    baseline: str,
+    candidate: str,
+    config_path: Path,
+    *,
+    allow_cross_machine: bool = False,
+    allow_mixed_settings: bool = False,
+    budget_s: float | None = None,
+) -> tuple[Verdict, list[Look]]:
+    """The verdict; with a budget, after adding ABBA rounds (run through the ordinary runner, stored as ordinary
+    results) for the models whose checks are inconclusive, until each is conclusive or the budget is spent."""
+    from bench.compare import compare, parse_ref
+    from bench.gate import Verdict, evaluate
+    from bench.sequential import sample_until_sure
+
+    cfg = load_config(config_path, check_files=budget_s is not None) if config_path.exists() else None
+    if cfg is None and (budget_s is not None or config_path != DEFAULT_CONFIG):
+        raise ConfigError(f"{config_path}: no such config file" + (" (--measure runs its builds)" if budget_s else ""))
+    gate = cfg.gate_settings() if cfg else load_gate(config_path)
+    added: list[int] = []
+
+    def judge() -> Verdict:
+        with store.session() as session:
+            comparison = compare(
+                session,
+                baseline,
+                candidate,
+                allow_cross_machine=allow_cross_machine,
+                allow_mixed_settings=allow_mixed_settings,
+                extra_runs=added,
+            )
+        # one added round is an AB + BA pair: two pairs of worker processes
+        return evaluate(comparison, gate, pairs_per_round=2)
+
+    if budget_s is None or cfg is None:
+        return judge(), []
+    builds = {b.name: b for b in cfg.builds}
+    pair = []
+    for ref in (baseline, candidate):
+        name, _ = parse_ref(ref)
+        if name not in builds:
+            raise ConfigError(f"{cfg.source}: builds: no build {name!r}: --measure needs it to add rounds")
+        pair.append(builds[name])
+
+    def add_round(models: list[str]) -> int:
+        from bench.runner import run_matrix
+
+        chosen = [m for m in cfg.models if m.name in models]
+        if not chosen:
+            raise ConfigError(f"{cfg.source}: models: none of {', '.join(models)}: --measure needs them to add rounds")
+        reduced = cfg.model_copy(
+            update={
+                "builds": pair,
+                "models": chosen,
+                "suite": cfg.suite.model_copy(update={"repetitions": 2 * cfg.suite.repetitions}),
+            }
+        )
+        run_id = run_matrix(store, reduced, interleave=True, rounds=2, show_progress=False)
+        added.append(run_id)
+        return run_id
+
+    return sample_until_sure(judge, Verdict.open_models, add_round, budget_s)
 
 
 @app.command("import")
