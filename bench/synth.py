@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
+import struct
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType, GGUFReader, GGUFWriter, LlamaFileType, TokenType
+from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType, TokenType
 
 from bench.errors import SynthError
+from bench.gguf_header import HeaderError, read_fields
 
 SPEC_KEY = "perfgate.synth_spec"
 VOCAB_SIZE = 32000
@@ -135,14 +140,29 @@ class _WeightSource:
 
 
 def existing_spec(path: Path) -> str | None:
-    """The synth digest stored in a GGUF file, or None when absent or unreadable."""
+    """The synth digest stored in a GGUF file, or None when absent or unreadable (header only, streamed)."""
     try:
-        field = GGUFReader(path).get_field(SPEC_KEY)
-    except (OSError, ValueError):
+        with path.open("rb") as fh:
+            value = read_fields(fh).get(SPEC_KEY)
+    except (OSError, HeaderError, struct.error):
         return None
-    if field is None:
-        return None
-    return bytes(field.parts[field.data[0]]).decode()
+    return value if isinstance(value, str) else None
+
+
+def _check_target(out: Path) -> None:
+    """perfgate writes only regular files it made: never through a link, onto a device, or over a user's GGUF."""
+    try:
+        st = out.lstat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise SynthError(f"{out}: cannot inspect: {exc.strerror}") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise SynthError(f"{out} is a symbolic link: perfgate writes only regular files it made; choose another --out")
+    if not stat.S_ISREG(st.st_mode):
+        raise SynthError(f"{out} exists and is not a regular file: refusing to write over it")
+    if existing_spec(out) is None:
+        raise SynthError(f"{out} exists and was not made by `bench synth` (no {SPEC_KEY}): refusing to overwrite it")
 
 
 def synthesize(spec: SynthSpec, out: Path) -> bool:
@@ -151,12 +171,32 @@ def synthesize(spec: SynthSpec, out: Path) -> bool:
         raise SynthError(f"unknown shape {spec.shape!r}; choose one of {', '.join(SHAPES)}")
     if spec.quant not in QUANTS:
         raise SynthError(f"unknown quant {spec.quant!r}; choose one of {', '.join(QUANTS)}")
+    if not 0 <= spec.seed < 2**32:
+        raise SynthError(f"seed: expected 0 to {2**32 - 1}, got {spec.seed}")
+    _check_target(out)
     if out.exists() and existing_spec(out) == spec.digest():
         return False
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # a fresh, exclusive temp file beside the target: no link or earlier leftover is followed
+        fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
+    except OSError as exc:
+        raise SynthError(f"{out}: cannot write here: {exc.strerror}") from exc
+    os.close(fd)
+    partial = Path(name)
+    try:
+        _write(spec, partial)
+        partial.replace(out)
+    except OSError as exc:
+        raise SynthError(f"{out}: writing failed: {exc.strerror or exc}") from exc
+    finally:
+        partial.unlink(missing_ok=True)
+    return True
+
+
+def _write(spec: SynthSpec, partial: Path) -> None:
     shape = SHAPES[spec.shape]
     qtype, ftype = QUANTS[spec.quant]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
 
     writer = GGUFWriter(partial, "llama")
     writer.add_name(f"perfgate-synth-{spec.shape}-{spec.quant}")
@@ -197,9 +237,8 @@ def synthesize(spec: SynthSpec, out: Path) -> bool:
     for index, (_name, tshape, quantized) in enumerate(plan):
         writer.write_tensor_data(source.tensor(index, tshape, quantized))
     writer.close()
-    partial.replace(out)
-    return True
 
 
 def default_filename(spec: SynthSpec) -> str:
-    return f"{spec.shape}-{spec.quant}.gguf"
+    """One name per spec: two seeds never share a file (seed 0 keeps the short name)."""
+    return f"{spec.shape}-{spec.quant}.gguf" if spec.seed == 0 else f"{spec.shape}-{spec.quant}-seed{spec.seed}.gguf"

@@ -1,13 +1,17 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from gguf import GGUFReader
 
+from bench.config import load_config
 from bench.errors import SynthError
-from bench.synth import _BLOCK_BYTES, QK, QUANTS, SHAPES, SynthSpec, _tensor_plan, synthesize
+from bench.synth import _BLOCK_BYTES, QK, QUANTS, SHAPES, SynthSpec, _tensor_plan, default_filename, synthesize
+from tests.conftest import bench_cli
 
 
 def _sha(path: Path) -> str:
@@ -59,3 +63,50 @@ def test_q4_0_ladder_sizes_match_the_published_ones(shape: str, expected_gb: flo
 def test_unknown_shape_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SynthError, match="unknown shape '9B'"):
         synthesize(SynthSpec("9B", "Q4_0"), tmp_path / "x.gguf")
+
+
+def test_synth_never_writes_through_a_symlink_onto_a_device_or_over_a_users_gguf(
+    tmp_path: Path, models_dir: Path
+) -> None:
+    victim = tmp_path / "precious.txt"
+    victim.write_text("the user's own file\n")
+    link = tmp_path / "link.gguf"
+    link.symlink_to(victim)
+    with pytest.raises(SynthError, match="symbolic link"):
+        synthesize(SynthSpec("tiny", "Q4_0"), link)
+    assert victim.read_text() == "the user's own file\n"
+    fifo = tmp_path / "fifo.gguf"
+    os.mkfifo(fifo)
+    with pytest.raises(SynthError, match="not a regular file"):
+        synthesize(SynthSpec("tiny", "Q4_0"), fifo)
+    with pytest.raises(SynthError, match="not a regular file"):
+        synthesize(SynthSpec("tiny", "Q4_0"), Path("/dev/null"))
+    # a real GGUF that bench synth did not make (the architecture rewritten keeps it a valid file)
+    users = tmp_path / "users-model.gguf"
+    good = (models_dir / "tiny-Q4_0.gguf").read_bytes()
+    users.write_bytes(good.replace(b"perfgate.synth_spec", b"someone.else_s_key!"))
+    before = _sha(users)
+    with pytest.raises(SynthError, match="not made by `bench synth`"):
+        synthesize(SynthSpec("tiny", "Q8_0"), users)
+    assert _sha(users) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.gguf", "link.gguf", "precious.txt", "users-model.gguf"]
+
+
+def test_two_seeds_never_share_a_default_file_name(tmp_path: Path, write_config: Any) -> None:
+    names = {default_filename(SynthSpec("tiny", "Q4_0", seed)) for seed in (0, 1, 2)}
+    assert len(names) == 3
+    cfg = write_config(
+        [{"name": "a", "synth": {"shape": "tiny", "seed": 1}}, {"name": "b", "synth": {"shape": "tiny", "seed": 2}}]
+    )
+    config = load_config(cfg)
+    assert config.model_path(config.models[0]) != config.model_path(config.models[1])
+
+
+def test_bench_synth_refusal_is_one_error_line_exit_2(tmp_path: Path) -> None:
+    link = tmp_path / "l.gguf"
+    link.symlink_to(tmp_path / "elsewhere")
+    proc = bench_cli("synth", "--shape", "tiny", "--out", str(link))
+    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
+    assert not (tmp_path / "elsewhere").exists()
+    proc = bench_cli("synth", "--shape", "tiny", "--seed", "-1", "--out", str(tmp_path / "x.gguf"))
+    assert proc.returncode == 2 and "seed" in proc.stderr and "Traceback" not in proc.stderr

@@ -133,8 +133,7 @@ def _stream(cmd: list[str], cwd: Path, env: dict[str, str], log: Path, phase: st
                 stdin=subprocess.DEVNULL,
                 text=True,
                 errors="replace",
-                start_new_session=True,
-            )
+            )  # in the runner's process group: cancelling the runner's group cancels the build
         except FileNotFoundError as exc:
             fh.write(f"No such file or directory: '{cmd[0]}': {exc}\n")
             return 127

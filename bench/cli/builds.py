@@ -27,7 +27,7 @@ def build_cmd(
     rebuild: Annotated[bool, typer.Option(help="build again even when the cache has it")] = False,
 ) -> None:
     """Build what is missing from each build's `source` (git ref, tree, sdist or pip release), cached by key."""
-    cfg = load_config(config, check_files=False)
+    cfg = load_config(config)
     known = {b.name: b for b in cfg.builds}
     unknown = [n for n in names or [] if n not in known]
     if unknown:

@@ -13,7 +13,7 @@ from bench.cli.app import ConfigOption, DbOption, FormatOption, app, check_forma
 from bench.config import DEFAULT_CONFIG, load_config
 from bench.store.db import open_store
 from bench.store.queries import attach_logs, results_frame, run_or_latest, runs_frame
-from bench.synth import SynthSpec, synthesize
+from bench.synth import SynthSpec, default_filename, synthesize
 
 
 @app.command()
@@ -100,6 +100,6 @@ def synth(
 ) -> None:
     """Write a deterministic synthetic llama GGUF (skips an identical existing file)."""
     spec = SynthSpec(shape, quant, seed)
-    target = out or Path("models") / f"{shape}-{quant}.gguf"
+    target = out or Path("models") / default_filename(spec)
     wrote = synthesize(spec, target)
     console.print(f"{'wrote' if wrote else 'up to date'}: {target} ({target.stat().st_size / 1e6:.1f} MB)")
