@@ -20,6 +20,7 @@ from bench import machine as machine_mod
 from bench.builds import BuildIdentity
 from bench.errors import ImportFormatError
 from bench.machine import MachineInfo
+from bench.metrics import STATUSES
 from bench.store.models import Machine, Run, utcnow
 from bench.store.queries import INT_FIELDS
 from bench.store.records import Measurement, record_result, upsert_build, upsert_machine, upsert_model
@@ -27,22 +28,56 @@ from bench.store.records import Measurement, record_result, upsert_build, upsert
 FORMATS = ("llama-bench", "pytest-benchmark", "perfgate")
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number perfgate stores")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
+def _json(text: str) -> Any:
+    """Strict JSON: NaN, Infinity and numbers that overflow to infinity are refused, not stored."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+
+
 def _load_json_or_jsonl(path: Path) -> Any:
-    text = path.read_text()
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as first:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ImportFormatError(f"{path}: not a text file (byte {exc.start} is not UTF-8)") from exc
+    except OSError as exc:
+        raise ImportFormatError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        return _json(text)
+    except ValueError as first:
+        if not isinstance(first, json.JSONDecodeError):
+            raise ImportFormatError(f"{path}: {first}") from first
         rows = []
         for lineno, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                rows.append(_json(line))
             except json.JSONDecodeError as exc:
                 if lineno == 1:
                     raise ImportFormatError(f"{path}:{first.lineno}: not JSON or JSONL: {first.msg}") from exc
                 raise ImportFormatError(f"{path}:{lineno}: invalid JSONL line: {exc.msg}") from exc
+            except ValueError as exc:
+                raise ImportFormatError(f"{path}:{lineno}: {exc}") from exc
         return rows
+
+
+def _samples(value: Any, where: str) -> list[int]:
+    """A list of positive integer nanoseconds, or one clear error."""
+    if not isinstance(value, list) or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+        raise ImportFormatError(f"{where}: samples_ns: expected a list of numbers")
+    if any(v <= 0 or v > 1e15 for v in value):
+        raise ImportFormatError(f"{where}: samples_ns: every sample must be a positive duration in ns")
+    return [int(v) for v in value]
 
 
 def _require(entry: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
@@ -71,11 +106,7 @@ def import_llama_bench(session: Session, path: Path, build_name: str, *, machine
     data = _load_json_or_jsonl(path)
     if not isinstance(data, list) or not data:
         raise ImportFormatError(f"{path}: expected llama-bench output (a JSON array or JSONL of tests)")
-    per_model: dict[str, dict[str, Any]] = defaultdict(dict)
-    for i, entry in enumerate(data, 1):
-        _require(entry, ("model_filename", "n_prompt", "n_gen", "samples_ns", "build_commit"), f"{path}: test {i}")
-        test = "tg" if entry["n_gen"] > 0 else "pp"
-        per_model[Path(entry["model_filename"]).stem][test] = entry
+    per_model = _llama_bench_results(data, path)
     first = data[0]
     machine = _machine(session, machine_here, first.get("cpu_info", ""), first.get("gpu_info"), "llama-bench")
     ident = BuildIdentity(
@@ -129,6 +160,59 @@ def import_llama_bench(session: Session, path: Path, build_name: str, *, machine
         )
         record_result(session, run.id, build.id, model.id, m, rounds_total=1, commit=False)
     return run.id
+
+
+# what a llama-bench test reports (not how it was set up)
+_OUTCOME_KEYS = {"n_prompt", "n_gen", "test_time", "avg_ns", "stddev_ns", "avg_ts", "stddev_ts", "samples_ns"}
+_OUTCOME_KEYS |= {"samples_ts", "model_filename", "model_type", "model_size", "model_n_params", "build_commit"}
+
+
+def _llama_bench_results(data: list[Any], path: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """Result name → {"pp": test, "tg": test}. Every test is kept, keyed by its parameters: a model tested
+    at several sizes or settings becomes several results; a combined -pg test is refused."""
+    tests: list[tuple[str, dict[str, Any]]] = []
+    for i, entry in enumerate(data, 1):
+        where = f"{path}: test {i}"
+        if not isinstance(entry, dict):
+            raise ImportFormatError(f"{where}: expected an object")
+        _require(entry, ("model_filename", "n_prompt", "n_gen", "samples_ns", "build_commit"), where)
+        n_prompt, n_gen = entry["n_prompt"], entry["n_gen"]
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (n_prompt, n_gen)):
+            raise ImportFormatError(f"{where}: n_prompt and n_gen must be counts of tokens")
+        if n_prompt > 0 and n_gen > 0:
+            raise ImportFormatError(
+                f"{where}: a combined prompt+generation test (pp{n_prompt}+tg{n_gen}) is neither prompt nor "
+                "generation speed; measure with -p and -n, not -pg"
+            )
+        if n_prompt == 0 and n_gen == 0:
+            raise ImportFormatError(f"{where}: a test of no tokens")
+        entry = {**entry, "samples_ns": _samples(entry["samples_ns"], where)}
+        tests.append((Path(str(entry["model_filename"])).stem, entry))
+    # a setting that differs between tests of one model names the result it belongs to
+    by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for stem, entry in tests:
+        by_model[stem].append(entry)
+    named: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for stem, entries in by_model.items():
+        setups = [{k: v for k, v in e.items() if k not in _OUTCOME_KEYS} for e in entries]
+        varying = sorted({k for s in setups for k in s if any(o.get(k) != s.get(k) for o in setups)})
+        for entry, setup in zip(entries, setups, strict=True):
+            suffix = ", ".join(f"{k}={setup.get(k)}" for k in varying)
+            named[f"{stem} [{suffix}]" if suffix else stem].append(entry)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, entries in named.items():
+        pp = [e for e in entries if e["n_prompt"] > 0]
+        tg = [e for e in entries if e["n_gen"] > 0]
+        if len(pp) <= 1 and len(tg) <= 1:
+            out[name] = {**({"pp": pp[0]} if pp else {}), **({"tg": tg[0]} if tg else {})}
+            continue
+        for e in entries:
+            kind, n = ("pp", e["n_prompt"]) if e["n_prompt"] > 0 else ("tg", e["n_gen"])
+            key = f"{name} {kind}{n}"
+            if key in out:
+                raise ImportFormatError(f"{path}: two {kind}{n} tests of {name} with the same settings")
+            out[key] = {kind: e}
+    return out
 
 
 def _sha16(key: str) -> str:
@@ -200,9 +284,15 @@ def import_perfgate(session: Session, path: Path) -> list[int]:
     runs: dict[tuple[str, int], Run] = {}
     skipped: set[tuple[str, int]] = set()
     for i, r in enumerate(rows, 1):
-        _require(
-            r, ("run_id", "build", "model", "status", "n_prompt", "n_gen", "machine_fingerprint"), f"{path}: result {i}"
-        )
+        where = f"{path}: result {i}"
+        if not isinstance(r, dict):
+            raise ImportFormatError(f"{where}: expected an object")
+        _require(r, ("run_id", "build", "model", "status", "n_prompt", "n_gen", "machine_fingerprint"), where)
+        if r["status"] not in STATUSES:
+            raise ImportFormatError(f"{where}: status: {r['status']!r} is not a perfgate status")
+        for name in ("run_id", "n_prompt", "n_gen"):
+            if not isinstance(r[name], int) or isinstance(r[name], bool) or r[name] < 0:
+                raise ImportFormatError(f"{where}: {name}: expected a count, got {r[name]!r}")
         key = (r["machine_fingerprint"], r["run_id"])
         if key not in runs:
             machine = session.query(Machine).filter_by(fingerprint=r["machine_fingerprint"]).one_or_none()
@@ -256,14 +346,20 @@ def import_perfgate(session: Session, path: Path) -> list[int]:
         model = upsert_model(session, r["model"], r.get("model_path") or r["model"], r.get("model_bytes"), None, {})
         fields: dict[str, Any] = {k: r.get(k) for k in ("load_s", "backend", "signal")}
         # JSON writers may have turned integers into floats (33.0): the store's columns are integers
-        fields.update({k: None if r.get(k) is None else int(r[k]) for k in INT_FIELDS})
+        for k in INT_FIELDS:
+            value = r.get(k)
+            if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+                raise ImportFormatError(f"{where}: {k}: expected a number, got {value!r}")
+            fields[k] = None if value is None else int(value)
+        if fields.get("load_s") is not None and not isinstance(fields["load_s"], int | float):
+            raise ImportFormatError(f"{where}: load_s: expected a number, got {fields['load_s']!r}")
         m = Measurement(
             r["status"],
             r.get("reason") or "",
             r["n_prompt"],
             r["n_gen"],
-            samples_pp_ns=r.get("samples_pp_ns") or [],
-            samples_tg_ns=r.get("samples_tg_ns") or [],
+            samples_pp_ns=_samples(r.get("samples_pp_ns") or [], where),
+            samples_tg_ns=_samples(r.get("samples_tg_ns") or [], where),
             log=r.get("log") or "",
             fields=fields,
             memory=r.get("memory") or {},

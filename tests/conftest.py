@@ -75,6 +75,14 @@ def postgres() -> Iterator[PgServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def build_cache() -> Path:
+    """Where tests' builds are cached: outside tmp_path, so later sessions (and CI runs) reuse them."""
+    path = Path(os.environ.get("PERFGATE_TEST_BUILD_CACHE", Path.home() / ".cache" / "perfgate" / "test-builds"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @pytest.fixture
 def db_url(request: pytest.FixtureRequest, tmp_path: Path, db_backend: str) -> str:
     """A fresh store: a SQLite file in tmp_path, or a new PostgreSQL database migrated by `bench db upgrade`'s code."""

@@ -36,13 +36,6 @@ VENDORED = REPO / ".cache" / "llama_cpp_python-0.3.36" / "vendor" / "llama.cpp"
 KOBOLD = REPO / "tests" / "koboldcpp"
 
 
-@pytest.fixture(scope="session")
-def build_cache() -> Path:
-    path = Path(os.environ.get("PERFGATE_TEST_BUILD_CACHE", Path.home() / ".cache" / "perfgate" / "test-builds"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def _git(repo: Path, *args: str) -> str:
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t"}
     env["GIT_COMMITTER_EMAIL"] = "t@t"

@@ -16,7 +16,7 @@ import yaml
 from bench.engines.koboldcpp import parse_csv_rows
 from bench.engines.llama_bench import parse_output
 from tests.conftest import PYTHON, bench_cli
-from tests.test_builds import CMAKE_ARGS, build_cache  # noqa: F401  (the session's build cache fixture)
+from tests.test_builds import CMAKE_ARGS
 
 KOBOLD = Path(__file__).parent / "koboldcpp"
 SDISTS = {"b-old": "llama-cpp-python==0.2.57", "b-new": "llama-cpp-python==0.3.36"}
@@ -70,7 +70,7 @@ def _run(cfg: Path, db: Path, tmp_path: Path, *extra: str) -> None:
 
 
 def test_llama_bench_of_two_llama_cpp_generations_is_stored_compared_and_gated(
-    build_cache: Path,  # noqa: F811
+    build_cache: Path,
     models_dir: Path,
     broken_models: dict[str, Path],
     tmp_path: Path,
@@ -106,7 +106,7 @@ def test_llama_bench_of_two_llama_cpp_generations_is_stored_compared_and_gated(
 
 
 def test_two_llama_cpp_python_api_generations_measure_the_same_model(
-    build_cache: Path,  # noqa: F811
+    build_cache: Path,
     models_dir: Path,
     tmp_path: Path,
 ) -> None:
@@ -181,7 +181,7 @@ def _replay(tmp_path: Path, version: str, cases: list[str], csv: str | None) -> 
 @pytest.mark.parametrize("version", ["1.60.1", "1.61"])
 def test_koboldcpp_engine_reads_recorded_benchmarks_one_process_per_repetition(
     version: str,
-    build_cache: Path,  # noqa: F811
+    build_cache: Path,
     models_dir: Path,
     tmp_path: Path,
 ) -> None:
@@ -218,7 +218,7 @@ def test_koboldcpp_failures_are_classified_from_recorded_output(
     case: str,
     status: str,
     expect_gpu: bool,
-    build_cache: Path,  # noqa: F811
+    build_cache: Path,
     models_dir: Path,
     tmp_path: Path,
 ) -> None:
@@ -253,7 +253,7 @@ def test_llama_bench_output_json_and_jsonl() -> None:
 
 
 def test_an_engine_that_cannot_run_is_build_failed_and_the_matrix_goes_on(
-    build_cache: Path,  # noqa: F811
+    build_cache: Path,
     models_dir: Path,
     tmp_path: Path,
 ) -> None:
