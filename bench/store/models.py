@@ -182,3 +182,20 @@ class ChangePoint(Base):
     status_after: Mapped[str] = mapped_column(String(32))
     detected_at: Mapped[datetime] = mapped_column(default=utcnow)
     first_reported_at: Mapped[datetime | None]  # when `bench changes --new` first listed it; None: new
+
+
+class Reclassification(Base):
+    """A stored result whose status changed when `bench reclassify` read its log with newer rules:
+    the history of what the rules said, so a changed status is explained, not silent."""
+
+    __tablename__ = "reclassifications"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[int] = mapped_column(Integer, ForeignKey("results.id", ondelete="CASCADE"), index=True)
+    run_id: Mapped[int] = mapped_column(Integer, ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    old_status: Mapped[str] = mapped_column(String(32))
+    new_status: Mapped[str] = mapped_column(String(32))
+    old_reason: Mapped[str | None] = mapped_column(Text)
+    new_reason: Mapped[str] = mapped_column(Text)
+    phase: Mapped[str] = mapped_column(String(32))  # the phase the log reached, as the new rules read it
+    line_no: Mapped[int | None]  # the deciding line in the stored log
+    reclassified_at: Mapped[datetime] = mapped_column(default=utcnow)
