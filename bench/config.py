@@ -362,11 +362,11 @@ def _check_files(config: Config, root: yaml.Node | None) -> None:
         remote = src is not None and src.git is not None and ("://" in src.git or ":" in src.git.split("/")[0])
         if src is not None and src.git is not None and not remote and not config.resolve(Path(src.git)).exists():
             raise fail(("builds", i, "source", "git"), f"build {build.name!r}: no repository at {src.git}")
-    if config.suite.on_missing_model == "record":
-        return
     for i, model in enumerate(config.models):
-        if model.path is not None and not config.model_path(model).exists():
-            loc = ("models", i, "path")
-            raise ConfigError(
-                f"{config.source}:{_line_of(root, loc)}: {_dotted(loc)}: file not found: {config.model_path(model)}"
-            )
+        if model.path is None:
+            continue
+        path = config.model_path(model)
+        if path.exists() and not path.is_file():  # a FIFO, a device or a folder: reading it could hang
+            raise fail(("models", i, "path"), f"not a regular file: {path}")
+        if not path.exists() and config.suite.on_missing_model != "record":
+            raise fail(("models", i, "path"), f"file not found: {path}")

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,3 +66,42 @@ def test_unknown_command_option_is_a_usage_error(tmp_path: Path) -> None:
     proc = bench_cli("results", "--format", "yaml", "--db", str(tmp_path / "s.sqlite"))
     assert proc.returncode == 2
     assert "--format" in proc.stderr
+
+
+def test_a_model_path_that_is_not_a_regular_file_is_refused_at_config_time(
+    write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    cfg = write_config([{"name": "fifo", "path": str(fifo)}], on_missing_model="record")
+    with pytest.raises(ConfigError, match=r"models\[0\]\.path: not a regular file"):
+        load_config(cfg)
+
+
+@pytest.mark.parametrize(
+    ("suite", "field"),
+    [
+        ({"repetitions": 10**9}, "suite.repetitions"),
+        ({"warmup": -1}, "suite.warmup"),
+        ({"n_gpu_layers": -5}, "n_gpu_layers"),
+    ],
+)
+def test_values_out_of_range_are_refused_at_config_time(
+    write_config: Callable[..., Path], models_dir: Path, suite: dict[str, Any], field: str
+) -> None:
+    cfg = write_config([{"name": "m", "path": str(models_dir / "tiny-Q4_0.gguf")}], **suite)
+    with pytest.raises(ConfigError, match=field):
+        load_config(cfg)
+
+
+def test_duplicate_yaml_keys_are_refused_with_their_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "dup.yaml"
+    cfg.write_text("models:\n  - name: a\n    path: x.gguf\nbuilds:\n  - name: b\nsuite:\n  n_gen: 1\n  n_gen: 2\n")
+    with pytest.raises(ConfigError, match=r"dup\.yaml:8: invalid YAML: duplicate key 'n_gen'"):
+        load_config(cfg)
+
+
+def test_negative_rounds_is_a_usage_error(write_config: Callable[..., Path], models_dir: Path, tmp_path: Path) -> None:
+    cfg = write_config([{"name": "m", "path": str(models_dir / "tiny-Q4_0.gguf")}])
+    proc = bench_cli("run", "--config", str(cfg), "--db", str(tmp_path / "r.sqlite"), "--interleave", "--rounds", "-1")
+    assert proc.returncode == 2 and "--rounds" in proc.stderr and "Traceback" not in proc.stderr

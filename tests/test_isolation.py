@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +15,7 @@ from bench.config import load_config
 from bench.runner import run_matrix
 from bench.store.db import open_store
 from bench.store.queries import result_log, results_frame
-from tests.conftest import PYTHON, fake_python, processes_matching
+from tests.conftest import BENCH, PYTHON, fake_python, processes_matching
 
 
 def _run(cfg: Path, db_url: str, **kw: object) -> pd.DataFrame:
@@ -105,3 +108,35 @@ def test_a_build_without_a_usable_library_is_recorded_as_build_failed(
     assert frame.loc["no-lib", "status"] == "build_failed"
     assert "library" in frame.loc["no-lib", "reason"] and "llama" in frame.loc["no-lib", "reason"]
     assert frame.loc["good", "status"] == "ok"
+
+
+def test_a_descendant_that_starts_its_own_session_is_killed_with_its_item(
+    models_dir: Path, write_config: Callable[..., Path], db_url: str, tmp_path: Path
+) -> None:
+    # setsid: the child leaves the worker's process group, so killing the group alone would miss it
+    escaping = fake_python(tmp_path, "python-escape", "setsid sleep 86397 &\nsleep 0.5\nexit 3")
+    builds = [{"name": "escapes", "python": str(escaping)}, {"name": "good", "python": PYTHON}]
+    cfg = write_config([{"name": "q4", "path": str(models_dir / "tiny-Q4_0.gguf")}], builds=builds, repetitions=1)
+    frame = _run(cfg, db_url).set_index("build")
+    assert frame.loc["escapes", "status"] != "ok" and frame.loc["good", "status"] == "ok"
+    time.sleep(0.3)
+    assert processes_matching(r"sleep 86397") == [], "a setsid descendant outlived its item"
+
+
+def test_a_killed_run_leaves_no_temporary_files_behind(
+    models_dir: Path, write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    models = [{"name": f"m{i}", "path": str(models_dir / "tiny-F16.gguf")} for i in range(4)]
+    cfg = write_config(models, repetitions=20, n_prompt=256, n_gen=64)
+    db = tmp_path / "k.sqlite"
+    env = {**os.environ, "TMPDIR": str(scratch), "PERFGATE_RUN_LOCK": str(tmp_path / "run.lock")}
+    runner = subprocess.Popen([BENCH, "run", "--config", str(cfg), "--db", str(db), "--quiet"], env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not processes_matching(r"worker\.py measure", f"TMPDIR={scratch}"):
+        time.sleep(0.1)
+    runner.send_signal(signal.SIGKILL)  # mid-item: a worker is measuring
+    runner.wait()
+    time.sleep(0.5)
+    assert list(scratch.iterdir()) == [], "a killed run left temporary files"

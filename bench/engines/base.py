@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -35,13 +34,13 @@ TOKEN_VAR = "PERFGATE_ITEM_TOKEN"  # marks every process of one item, so none ou
 
 @dataclass(frozen=True)
 class ProcessSpec:
-    """One process to start. Paths inside `argv` may use the item's folder, given to the spec's maker."""
+    """One process to start. Its maker is given a function that names the item's files (`/dev/fd/N`)."""
 
     argv: list[str]
     env: dict[str, str]
-    files: dict[str, str] = field(default_factory=dict)  # written into the item folder before the start
-    stdout_file: str | None = None  # stdout to this file of the item folder (else into the log)
-    read: tuple[str, ...] = ()  # files of the item folder to read back
+    files: dict[str, str] = field(default_factory=dict)  # item files written before the start
+    stdout_file: str | None = None  # stdout to this item file (else into the log)
+    read: tuple[str, ...] = ()  # item files to read back
     cwd: Path | None = None
 
 
@@ -78,7 +77,7 @@ class Engine(Protocol):
 
     def identify(self) -> BuildIdentity: ...
 
-    def processes(self, item: ItemSpec) -> list[Callable[[Path], ProcessSpec]]:
+    def processes(self, item: ItemSpec) -> list[Callable[[FileNamer], ProcessSpec]]:
         """The processes of one item, run one after another (KoboldCPP: one per repetition)."""
         ...
 
@@ -102,45 +101,63 @@ def _die_with_parent(runner_pid: int) -> Callable[[], None]:
     return arm
 
 
-def run_isolated(make: Callable[[Path], ProcessSpec], timeout_s: float) -> ProcessOutcome:
-    """Run one process in its own process group; kill the whole group past the timeout."""
-    tmp = Path(tempfile.mkdtemp(prefix="perfgate-"))
-    try:
-        spec = make(tmp)
+FileNamer = Callable[[str], str]  # an item file's name → the path the process opens it by
+
+
+def run_isolated(make: Callable[[FileNamer], ProcessSpec], timeout_s: float) -> ProcessOutcome:
+    """Run one process in its own process group; kill the whole group past the timeout.
+
+    The item's files (spec in, results out, the log) are unlinked temporary files handed to the process
+    as /dev/fd/N: nothing is ever on disk under a name, so a runner killed mid-item leaves nothing behind."""
+    with contextlib.ExitStack() as stack:
+        handles: dict[str, Any] = {}
+
+        def name_to_path(name: str) -> str:
+            if name not in handles:
+                handles[name] = stack.enter_context(tempfile.TemporaryFile(prefix="perfgate-"))
+            return f"/dev/fd/{handles[name].fileno()}"
+
+        spec = make(name_to_path)
         for name, content in spec.files.items():
-            (tmp / name).write_text(content)
-        log_path = tmp / "perfgate-process.log"
+            name_to_path(name)
+            handles[name].write(content.encode())
+            handles[name].flush()
+            handles[name].seek(0)
+        for name in spec.read:
+            name_to_path(name)
+        log_fh = stack.enter_context(tempfile.TemporaryFile(prefix="perfgate-log-"))
+        stdout: Any = log_fh
+        if spec.stdout_file is not None:
+            name_to_path(spec.stdout_file)
+            stdout = handles[spec.stdout_file]
         start = time.monotonic()
-        with log_path.open("wb") as log_fh, contextlib.ExitStack() as stack:
-            stdout: Any = log_fh
-            if spec.stdout_file is not None:
-                stdout = stack.enter_context((tmp / spec.stdout_file).open("wb"))
-            token = uuid.uuid4().hex
-            try:
-                proc = subprocess.Popen(
-                    spec.argv,
-                    env={**spec.env, TOKEN_VAR: token},
-                    cwd=spec.cwd,
-                    stdin=subprocess.DEVNULL,
-                    stdout=stdout,
-                    stderr=log_fh,
-                    start_new_session=True,
-                    preexec_fn=_die_with_parent(os.getpid()),
-                )
-            except OSError as exc:  # not executable, wrong format: the process never existed
-                log_fh.write(f"perfgate: cannot start {spec.argv[0]}: {exc}\n".encode())
-                return ProcessOutcome(127, False, log_path.read_text(errors="replace"), None, 0.0)
-            timed_out, status, rusage = _wait(proc.pid, timeout_s, token)
-            wall_s = time.monotonic() - start
-            returncode = os.waitstatus_to_exitcode(status)
+        token = uuid.uuid4().hex
+        try:
+            proc = subprocess.Popen(
+                spec.argv,
+                env={**spec.env, TOKEN_VAR: token},
+                cwd=spec.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout,
+                stderr=log_fh,
+                pass_fds=[h.fileno() for h in handles.values()],
+                start_new_session=True,
+                preexec_fn=_die_with_parent(os.getpid()),
+            )
+        except OSError as exc:  # not executable, wrong format: the process never existed
+            return ProcessOutcome(127, False, f"perfgate: cannot start {spec.argv[0]}: {exc}\n", None, 0.0)
+        timed_out, status, rusage = _wait(proc.pid, timeout_s, token)
+        wall_s = time.monotonic() - start
+        returncode = os.waitstatus_to_exitcode(status)
         _kill_tree(proc.pid, token)  # anything the process left running dies with its item
-        log = log_path.read_text(errors="replace")
+        log_fh.seek(0)
+        log = log_fh.read().decode(errors="replace")
         files = {}
         for name in spec.read:
-            with contextlib.suppress(OSError):
-                files[name] = (tmp / name).read_text(errors="replace")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            handles[name].seek(0)
+            content = handles[name].read().decode(errors="replace")
+            if content:  # an empty file: the process never wrote it
+                files[name] = content
     rss = rusage.ru_maxrss * (1 if sys.platform == "darwin" else 1024) if rusage else None
     if len(log) > LOG_LIMIT:
         log = log[: LOG_LIMIT // 2] + "\n[... perfgate cut the middle of this log ...]\n" + log[-LOG_LIMIT // 2 :]

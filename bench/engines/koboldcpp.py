@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.builds.identity import BuildIdentity
-from bench.engines.base import ItemSpec, Judge, ProcessOutcome, ProcessSpec, measurement_of
+from bench.engines.base import FileNamer, ItemSpec, Judge, ProcessOutcome, ProcessSpec, measurement_of
 from bench.engines.llama_bench import sha256_file as _sha256
 from bench.store.records import Measurement
 
@@ -85,7 +85,7 @@ class KoboldCpp:
             },
         )
 
-    def argv(self, item: ItemSpec, csv_path: Path) -> list[str]:
+    def argv(self, item: ItemSpec, csv_path: str) -> list[str]:
         layers = item.n_gpu_layers if item.n_gpu_layers >= 0 else (item.n_layer + 1 if item.n_layer else 999)
         return [
             *self._launcher(),
@@ -98,14 +98,14 @@ class KoboldCpp:
             "--threads",
             str(item.threads),
             "--benchmark",
-            str(csv_path),
+            csv_path,
             "--skiplauncher",
             *self.args,
         ]
 
-    def processes(self, item: ItemSpec) -> list[Callable[[Path], ProcessSpec]]:
-        def make(tmp: Path) -> ProcessSpec:
-            return ProcessSpec(self.argv(item, tmp / "bench.csv"), self.env, read=("bench.csv",), cwd=tmp)
+    def processes(self, item: ItemSpec) -> list[Callable[[FileNamer], ProcessSpec]]:
+        def make(path: FileNamer) -> ProcessSpec:
+            return ProcessSpec(self.argv(item, path("bench.csv")), self.env, read=("bench.csv",))
 
         return [make] * item.repetitions
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.builds.identity import BuildIdentity
-from bench.engines.base import ItemSpec, Judge, ProcessOutcome, ProcessSpec, measurement_of
+from bench.engines.base import FileNamer, ItemSpec, Judge, ProcessOutcome, ProcessSpec, measurement_of
 from bench.store.records import Measurement
 
 LIBRARY_PATH = "DYLD_LIBRARY_PATH" if sys.platform == "darwin" else "LD_LIBRARY_PATH"
@@ -117,9 +117,9 @@ class LlamaBench:
             argv.append("-v")  # the load log: offload lines and buffer sizes are what the classifier reads
         return argv
 
-    def processes(self, item: ItemSpec) -> list[Callable[[Path], ProcessSpec]]:
+    def processes(self, item: ItemSpec) -> list[Callable[[FileNamer], ProcessSpec]]:
         argv = self.argv(item)
-        return [lambda tmp: ProcessSpec(argv, self.env, stdout_file="bench.json", read=("bench.json",))]
+        return [lambda _path: ProcessSpec(argv, self.env, stdout_file="bench.json", read=("bench.json",))]
 
     def measurement(self, item: ItemSpec, outcomes: list[ProcessOutcome], judge: Judge) -> Measurement:
         outcome = outcomes[0]

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.builds.identity import BuildIdentity
-from bench.engines.base import ItemSpec, Judge, ProcessOutcome, ProcessSpec, measurement_of
+from bench.engines.base import FileNamer, ItemSpec, Judge, ProcessOutcome, ProcessSpec, measurement_of
 from bench.store.records import Measurement
 
 WORKER = Path(__file__).parents[1] / "worker.py"
@@ -71,7 +71,7 @@ class LlamaCppPython:
             details={**self.details, "engine": self.name, "lib_dir": self.lib, "api": data.get("api")},
         )
 
-    def processes(self, item: ItemSpec) -> list[Callable[[Path], ProcessSpec]]:
+    def processes(self, item: ItemSpec) -> list[Callable[[FileNamer], ProcessSpec]]:
         spec = {
             "model_path": str(item.model_path),
             "n_gpu_layers": item.n_gpu_layers,
@@ -86,9 +86,9 @@ class LlamaCppPython:
             "seed": item.seed,
         }
 
-        def make(tmp: Path) -> ProcessSpec:
+        def make(path: FileNamer) -> ProcessSpec:
             return ProcessSpec(
-                [self.python, str(WORKER), "measure", str(tmp / "spec.json"), str(tmp / "result.json")],
+                [self.python, str(WORKER), "measure", path("spec.json"), path("result.json")],
                 self.env,
                 files={"spec.json": json.dumps(spec)},
                 read=("result.json",),
