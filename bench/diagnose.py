@@ -77,6 +77,8 @@ _FAILURES: tuple[_Failure, ...] = (
         r"|Library not loaded|cannot open shared object file|Failed to load shared library"
         r"|Shared library with base name|invalid ELF header|wrong ELF class|incompatible architecture \(have"
         r"|No module named '?llama_cpp|DLL load failed|error while loading shared libraries"
+        # a GPU library installed without what this device needs
+        r"|rocBLAS error: (Cannot read|Could not)|hipErrorNoBinaryForGpu|No compatible code objects found"
         # the compiler stopped
         r"|^\S+\.(c|cc|cpp|cxx|h|hpp|m|mm|cu|cuh):\d+:\d+: (fatal )?error:|make(\[\d+\])?: \*\*\*|CMake Error"
         r"|ninja: build stopped|Failed building wheel",
@@ -114,7 +116,10 @@ _FAILURES: tuple[_Failure, ...] = (
         r"|corrupted or incomplete|(invalid|illegal) split file|failed to read (key-value|tensor info|the header|magic)"
         r"|gguf_init_from_\w+: (invalid|failed to read)|GGUF file version \d+ is (too new|unsupported)"
         r"|unexpectedly reached end of file|Unidentified Model Encountered|Unknown Model, cannot load"
-        r"|invalid model file|not a valid gguf|tensor '[^']*' has (invalid|wrong)",
+        r"|invalid model file|not a valid gguf|tensor '[^']*' has (invalid|wrong)"
+        # the file lacks what the loader needs
+        r"|error loading model (vocabulary|hyperparameters)|cannot find tokenizer|key not found in model"
+        r"|missing tensor '|wrong number of tensors",
         Phase.MODEL,
     ),
     _Failure(
@@ -127,7 +132,7 @@ _FAILURES: tuple[_Failure, ...] = (
         Status.OUT_OF_MEMORY,
         r"(?i)out of memory|(cuda|hip)Malloc failed|insufficient (device )?memory|ErrorOutOf(Device|Host)Memory"
         r"|OUT_OF_(HOST|DEVICE)_MEMORY|(failed|unable) to allocate (\w+ )?buffer|failed to allocate compute buffers"
-        r"|bad_alloc|not enough memory|cannot allocate memory|Device memory allocation of size \d+ failed"
+        r"|bad_alloc|not enough memory|cannot allocate memory|Device memory allocation of size \d+"
         r"|kv_cache_init\(\) failed|too large to fit in a \w+ buffer|MemoryError|can't allocate \d+ Bytes",
     ),
     _Failure(
@@ -185,7 +190,11 @@ _PROGRESS: tuple[tuple[Phase, str], ...] = (
         r"llama_context|llama_new_context_with_model|llama_init_from_model|llama_kv_cache|kv self size"
         r"|perfgate-worker: phase=context",
     ),
-    (Phase.DECODE, r"perfgate-worker: phase=decode|warming up the model|Starting model warm up|llama_decode"),
+    (
+        Phase.DECODE,
+        r"perfgate-worker: phase=decode|warming up the model|Starting model warm up|llama_decode|sampler seed:"
+        r"|^generate: n_ctx",
+    ),
 )
 
 # Proof that the load finished: a context was built, or a result came out.
