@@ -12,7 +12,7 @@ the buffer line, not by a list of backend names) or a llama-bench row on a GPU b
 neither proof nor a known cause is `load_failed`.
 
 Every pattern is compiled by RE2, whose matching time is linear in the input: a log is scanned once
-for lines that carry any rule, and only those lines are looked at further.
+for cue words (`_CUES`), and only the lines near one are matched against the rules.
 """
 
 from __future__ import annotations
@@ -211,91 +211,30 @@ _SUCCESS: tuple[tuple[Phase, str], ...] = (
 # Words one of which every per-line rule contains (case-insensitive). The scan looks for these plain words
 # only, which RE2 does at memory speed; the full rules then run on the few lines that have one.
 # tests/test_diagnose.py checks that no corpus line a rule matches is missed by these words.
+# fmt: off
 _CUES = (
-    "error",
-    "fail",
-    "fault",
-    "abort",
-    "assert",
-    "illegal",
-    "terminate",
-    "core dumped",
-    "trap",
-    "panic",
-    "sigsegv",
-    "sigabrt",
-    "sigbus",
-    "sigill",
-    "kernel image",
-    "double free",
-    "stack smashing",
-    "exception",
-    "violation",
-    "overrun",
-    "exit status",
-    "duplicate symbol",
-    "multiple definition",
-    "undefined",
-    "symbol(s) not found",
-    "ld returned",
-    "library not loaded",
-    "shared object",
-    "shared librar",
-    "elf header",
-    "elf class",
-    "incompatible architecture",
-    "no module named",
-    "dll load",
-    "***",
-    "build stopped",
-    "program_source",
-    "mtllibrary",
-    "shader",
-    "metal",
-    "requires more",
-    "does not exist",
-    "cannot find",
-    "no such file",
-    "model file",
-    "invalid",
-    "magic",
-    "ggml file",
-    "file bounds",
-    "corrupted",
-    "split file",
-    "gguf file version",
-    "end of file",
-    "unidentified",
-    "unknown",
-    "unsupported",
-    "not supported",
-    "has wrong",
-    "valid gguf",
-    "memory",
-    "allocate",
-    "bad_alloc",
-    "too large",
-    "could not",
-    "unable",
-    "timed out",
-    "deadline",
-    "ok: false",
-    "unrecognized",
-    "no cuda",
-    "will be disabled",
-    "no devices",
-    "no gpu",
-    "library file not found",
-    "cpu library",
-    "found 0",
-    "no usable",
-    "buffer size",
-    "offloaded",
-    "vram",
-    "recommendedmaxworkingsetsize",
-    "| model",
-    "± ",
+    # failures and crashes
+    "error", "fail", "fault", "ggml_abort", "aborted", "abort trap", "assert", "illegal", "terminate",
+    "core dumped", "trap", "panic", "sigsegv", "sigabrt", "sigbus", "sigill", "kernel image", "double free",
+    "stack smashing", "exception", "violation", "overrun", "exit status", "could not", "unable", "timed out",
+    "deadline", "ok: false", "unrecognized",
+    # library and build
+    "duplicate symbol", "multiple definition", "undefined", "symbol(s) not found", "ld returned",
+    "library not loaded", "shared object", "shared librar", "elf header", "elf class", "incompatible architecture",
+    "no module named", "dll load", "***", "build stopped", "hiperror", "code objects",
+    # backend
+    "program_source", "mtllibrary", "shader", "metal", "no cuda", "will be disabled", "no devices", "no gpu",
+    "library file not found", "cpu library", "found 0", "no usable",
+    # model file
+    "requires more", "does not exist", "cannot find", "no such file", "model file", "invalid", "magic", "ggml file",
+    "file bounds", "corrupted", "split file", "gguf file version", "end of file", "unidentified", "unknown",
+    "unsupported", "not supported", "has wrong", "valid gguf", "tokenizer", "key not found", "missing tensor",
+    "wrong number",
+    # memory, buffers, offload, results
+    "memory", "allocate", "bad_alloc", "too large", "buffer size", "offloaded", "vram",
+    "recommendedmaxworkingsetsize", "| model", "± ",
 )
+# fmt: on
 
 _OFFLOADED = re2.compile(r"offloaded (\d+)/(\d+) layers to GPU")
 _VRAM_USED = re2.compile(r"VRAM used: [\d.]+ M")
@@ -348,7 +287,7 @@ class Diagnosis:
     offloaded: tuple[int, int] | None = None
     backend: str | None = None
     memory: dict[str, Any] = field(default_factory=dict)
-    phase: str = Phase.START.label  # the last phase the log reached
+    phase: str = Phase.START.label  # where the deciding failure happened, else the last phase the log shows
     line_no: int | None = None  # 1-based line of the deciding line, when one line decided
 
     def as_json(self, file: str | None = None) -> dict[str, Any]:
