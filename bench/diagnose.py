@@ -77,6 +77,7 @@ _FAILURES: tuple[_Failure, ...] = (
         r"|Library not loaded|cannot open shared object file|Failed to load shared library"
         r"|Shared library with base name|invalid ELF header|wrong ELF class|incompatible architecture \(have"
         r"|No module named '?llama_cpp|DLL load failed|error while loading shared libraries"
+        r"|^(ImportError|ModuleNotFoundError): "
         # a GPU library installed without what this device needs
         r"|rocBLAS error: (Cannot read|Could not)|hipErrorNoBinaryForGpu|No compatible code objects found"
         # the compiler stopped

@@ -125,6 +125,7 @@ def test_corpus_covers_every_status_five_engines_every_backend_and_a_third_of_lo
             "build_failed",
         ),
         ("ImportError: libllama.so: undefined symbol: llama_model_load_from_file", False, "build_failed"),
+        ("ImportError: cannot import name 'Random' from partially initialized module 'random'", False, "build_failed"),
         ("Error: llama runner process has terminated: signal: segmentation fault (core dumped)", False, "crashed"),
         ("llama_model_load: error loading model: something nobody has seen", False, "load_failed"),
         ('time=... level=ERROR msg="timed out waiting for llama runner to start"', True, "timeout"),
