@@ -121,3 +121,21 @@ def test_unknown_run_is_one_error_line(db_url: str) -> None:
     _store_with_old_results(db_url, gpu=None)
     proc = bench_cli("reclassify", "--run", "999", "--db", db_url)
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
+
+
+def test_a_build_failure_stays_one_when_its_log_names_no_load(db_url: str) -> None:
+    # the runner stores the build's own error log for an unusable build; read as a load log it proves
+    # nothing, and that must not turn a build failure into load_failed
+    store = Store(db_url)
+    with store.session() as session:
+        machine = upsert_machine(session, MachineInfo("ci-2", "Linux", "x86_64", "cpu", None, 1, 1, None))
+        build = upsert_build(session, BuildIdentity("broken", ok=False, error_log="configure: no compiler"))
+        model = upsert_model(session, "tiny", "/models/tiny.gguf", 1, 2, {})
+        run = start_run(session, machine, {"suite": {"n_gpu_layers": "all"}})
+        log = "cmake -B build\nconfigure: no compiler found\n"
+        record_result(
+            session, run.id, build.id, model.id, Measurement("build_failed", "no compiler", 512, 128, log=log)
+        )
+        assert reclassify(session, run.id) == []
+        assert session.scalars(select(Result.status)).all() == ["build_failed"]
+    store.close()
