@@ -22,7 +22,7 @@ from bench.diagnose import ExitInfo, classify
 from bench.engines import Engine, ItemSpec, ProcessOutcome, ProcessSpec, make_engine, run_isolated
 from bench.errors import ConfigError, StoreError
 from bench.metrics import Status
-from bench.store.build_details import merge_build_details
+from bench.store.annotations import merge_build_details
 from bench.store.db import Store
 from bench.store.models import Run, utcnow
 from bench.store.records import (

@@ -1,0 +1,35 @@
+"""Notes added to stored rows after the fact: what an engine learned of a build by running it (llama-bench's
+build_commit, backends, gpu_info), and what a run was for (a bisect step's commit and verdict)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bench.store.models import Build, Run
+
+
+def merge_build_details(session: Session, build_id: int, info: dict[str, Any]) -> None:
+    build = session.get(Build, build_id)
+    if build is None:
+        return
+    merged = {**(build.details or {}), **info}
+    if merged != build.details:
+        build.details = merged  # a new dict: the JSON column sees the change
+        session.flush()
+
+
+def tag_run(session: Session, run_id: int, tags: dict[str, Any]) -> None:
+    """Add keys to a run's settings (a bisect step's commit and verdict): the run says what it was for."""
+    run = session.get(Run, run_id)
+    if run is not None:
+        run.settings = {**(run.settings or {}), **tags}
+        session.flush()
+
+
+def tagged_runs(session: Session, key: str) -> list[tuple[int, dict[str, Any]]]:
+    """(run id, its `key` tag) of every run carrying that tag, oldest first."""
+    rows = session.execute(select(Run.id, Run.settings).order_by(Run.id)).all()
+    return [(rid, settings[key]) for rid, settings in rows if isinstance(settings, dict) and key in settings]
