@@ -27,15 +27,15 @@ def explain(diag: Diagnosis, file: str) -> str:
     if diag.offloaded:
         parts.append(f"{diag.offloaded[0]}/{diag.offloaded[1]} layers were offloaded to the GPU")
     if diag.backend:
-        parts.append(f"backend {diag.backend}")
+        parts.append(f"Backend {diag.backend}")
     held = [
         f"{label} {device} {_gib(size)}" for kind, label in _KINDS for device, size in diag.memory.get(kind, {}).items()
     ]
     if held:
-        parts.append("buffers: " + ", ".join(held))
+        parts.append("Buffers: " + ", ".join(held))
     if budget := diag.memory.get("device_budget_bytes"):
-        parts.append(f"device budget {_gib(budget)}")
-    return ". ".join(parts) + "."
+        parts.append(f"Device budget {_gib(budget)}")
+    return ". ".join(p.rstrip(".") for p in parts) + "."
 
 
 @app.command("classify-log")
