@@ -17,7 +17,7 @@ CACHE_KEY := $(shell printf '%s|%s|%s|%s' '$(LLAMA_CPP_VERSION)' '$(LLAMA_CMAKE_
 WHEEL_DIR ?= $(HOME)/.cache/perfgate/wheels/llama-cpp-python-$(LLAMA_CPP_VERSION)-$(CACHE_KEY)
 SDIST_DIR := .cache/llama_cpp_python-$(LLAMA_CPP_VERSION)
 
-.PHONY: install demo test lint bench vendor chromium postgres actionlint clean
+.PHONY: install demo test lint bench vendor chromium postgres ccache actionlint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,13 @@ chromium:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
+# builds from source reuse unchanged objects through ccache (bisect and the build tests rely on it)
+ccache:
+	@command -v ccache >/dev/null || { \
+	  echo "installing Debian's ccache for builds from source"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq ccache >/dev/null; }
+
 # The PostgreSQL server the tests start on a temporary directory (Debian's package; the store tests need it).
 PG_BIN ?= $(firstword $(wildcard /usr/lib/postgresql/*/bin/initdb))
 postgres:
@@ -73,13 +80,16 @@ lint: install actionlint
 	$(VENV)/bin/ruff format --check bench tests benchmarks
 	$(VENV)/bin/mypy bench
 
-test: install vendor chromium postgres lint
+test: install vendor chromium postgres ccache lint
 	$(VENV)/bin/pytest -q
 
 bench: install vendor
 	$(PY) benchmarks/fidelity_cpu.py
 	$(PY) benchmarks/gate_calibration.py
 	$(PY) benchmarks/dashboard_scale.py
+	$(PY) benchmarks/changes_calibration.py --cpu-rounds 20
+	$(PY) benchmarks/build_cache.py
+	$(PY) benchmarks/engines_side_by_side.py
 
 clean:
 	rm -rf $(VENV) .cache dashboard/site models db/*.sqlite*
