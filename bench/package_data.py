@@ -5,7 +5,6 @@ A wheel maps dashboard/templates/ and db/ into the packages bench._templates and
 
 from __future__ import annotations
 
-import importlib.resources
 import importlib.util
 from pathlib import Path
 
@@ -13,12 +12,13 @@ _CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 def data_dir(package: str, checkout_path: str) -> Path:
+    """The folder of a data package (data-only packages have no __init__.py: a namespace package's first
+    location), else `checkout_path` beside the package."""
     try:
-        found = importlib.util.find_spec(package) is not None
+        spec = importlib.util.find_spec(package)
     except ModuleNotFoundError:
-        found = False
-    if found:
-        path = Path(str(importlib.resources.files(package)))
-        if path.is_dir():
-            return path
+        spec = None
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        if Path(location).is_dir():
+            return Path(location)
     return _CHECKOUT / checkout_path
