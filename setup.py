@@ -4,7 +4,11 @@ through importlib.resources (bench/package_data.py)."""
 
 from setuptools import find_namespace_packages, setup
 
-DATA = {"bench._templates": "dashboard/templates", "bench._migrations": "db", "bench._migrations.versions": "db/versions"}
+DATA = {
+    "bench._templates": "dashboard/templates",
+    "bench._migrations": "db",
+    "bench._migrations.versions": "db/versions",
+}
 
 setup(
     # namespace search: a subpackage without __init__.py ships too
