@@ -1,8 +1,10 @@
 """Change points on real nightly history: the tiny model measured by the real worker, night after night.
 
 One store holds NIGHTS runs of two build lines. `steady` is the same build every night (A/A). `nightly`
-crashes on loading one night, and from night SLOW_FROM on its worker shares its core with two busy loops:
-a real slowdown of about 3×, large enough to stand out on a machine that others keep busy.
+crashes on loading one night, and from night SLOW_FROM on its worker runs at nice 5 on a core it shares
+with a busy loop at nice 0: the scheduler's weights (335 against 1024) then give it a quarter to a third
+of what it had, however many other tasks share that core, a real 3-4× slowdown that stands out on a
+machine that others keep busy.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ def history(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Histo
     db = f"sqlite:///{tmp / 'history.sqlite'}"
     pinned = fake_python(tmp, "python-pinned", f'exec taskset -c 0 {PYTHON} "$@"')
     busy = "taskset -c 0 sh -c 'while :; do :; done' &\n"
-    contended = fake_python(tmp, "python-contended", f'{busy}{busy}exec taskset -c 0 {PYTHON} "$@"')
+    contended = fake_python(tmp, "python-contended", f'{busy}exec nice -n 5 taskset -c 0 {PYTHON} "$@"')
     aborting = fake_python(tmp, "python-abort", f"exec {PYTHON} -c 'import os; os.abort()'")
     for night in range(NIGHTS):
         nightly = aborting if night == CRASH_AT else contended if night >= SLOW_FROM else pinned
