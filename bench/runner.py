@@ -356,13 +356,14 @@ def _measure_item(
     )
     timeout_s = item.model.timeout_s or suite.timeout_s or default_timeout_s(facts)
 
-    def judge(outcome: ProcessOutcome, *, layers_total: int | None = None) -> Any:
+    def judge(outcome: ProcessOutcome, *, layers_total: int | None = None, proof: str | None = None) -> Any:
         return classify(
             outcome.log,
             expect_gpu=gpu_expected,
             layers_requested=_layers_requested(config),
             exit_info=ExitInfo(outcome.returncode, outcome.timed_out, timeout_s),
             layers_total=layers_total,
+            proof=proof,
         )
 
     outcomes = []

@@ -12,15 +12,21 @@ cache cleared before each, timed with perf_counter_ns around the raw decode call
 
 from __future__ import annotations
 
+import os
+import sys
+
+# run as a script, this file's folder (bench/) is first on sys.path, and perfgate module names there
+# (site/, bisection.py …) must never shadow the standard library of the build's interpreter
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
 import ctypes
 import hashlib
 import json
-import os
 import random
 import resource
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any

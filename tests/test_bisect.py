@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bench.bisect import Commit, Mark, Step, search
+from bench.bisection import Commit, Mark, Step, search
 from tests.conftest import REPO, bench_cli
 from tests.test_builds import CMAKE_ARGS
 

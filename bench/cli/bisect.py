@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bench.bisect import BisectOracle, Commit, Step, bisect_id, check_metric, commit_range, search, stored_steps
+from bench.bisection import BisectOracle, Commit, Step, bisect_id, check_metric, commit_range, search, stored_steps
 from bench.cli.app import ConfigOption, DbOption, app, console
 from bench.config import DEFAULT_CONFIG, load_config
 from bench.errors import ConfigError

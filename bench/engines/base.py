@@ -87,7 +87,9 @@ class Engine(Protocol):
 class Judge(Protocol):
     """The runner's classifier, bound to the run's expectations (GPU expected, layers asked, timeout)."""
 
-    def __call__(self, outcome: ProcessOutcome, *, layers_total: int | None = None) -> Any: ...
+    def __call__(self, outcome: ProcessOutcome, *, layers_total: int | None = None, proof: str | None = None) -> Any:
+        """`proof`: the load finished, shown outside the log (the engine read its result file)."""
+        ...
 
 
 def _die_with_parent(runner_pid: int) -> Callable[[], None]:

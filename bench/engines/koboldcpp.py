@@ -116,7 +116,8 @@ class KoboldCpp:
         info: dict[str, Any] = {}
         for i, outcome in enumerate(outcomes, 1):
             rows = parse_csv_rows(outcome.files.get("bench.csv", "")) if outcome.returncode == 0 else []
-            diag = judge(outcome, layers_total=(item.n_layer + 1) if item.n_layer else None)
+            proof = "the --benchmark CSV has this process's row" if rows else None
+            diag = judge(outcome, layers_total=(item.n_layer + 1) if item.n_layer else None, proof=proof)
             logs.append(f"--- process {i} of {len(outcomes)} (exit {outcome.returncode}) ---\n{outcome.log}")
             if version := _VERSION.search(outcome.log):
                 info["version"] = version[1]

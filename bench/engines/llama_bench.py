@@ -127,7 +127,8 @@ class LlamaBench:
         pp = next((t for t in tests if t.get("n_prompt", 0) > 0 and t.get("n_gen", 0) == 0), None)
         tg = next((t for t in tests if t.get("n_gen", 0) > 0 and t.get("n_prompt", 0) == 0), None)
         wrote = bool(tests) and (pp is not None or item.n_prompt == 0) and (tg is not None or item.n_gen == 0)
-        diag = judge(outcome, layers_total=(item.n_layer + 1) if item.n_layer else None)
+        proof = f"llama-bench wrote results for {len(tests)} test(s)" if wrote else None
+        diag = judge(outcome, layers_total=(item.n_layer + 1) if item.n_layer else None, proof=proof)
         fields: dict[str, Any] = {}
         for test, prefix in ((pp, "pp"), (tg, "tg")):
             if test is not None and "samples_ns" not in test:
