@@ -164,9 +164,7 @@ def prepare_builds(
             record = ensure_built(config, build, progress=_build_progress(build.name, progress))
             if not record.ok:
                 failure = record.failure or {"kind": "build_failed", "line": "the build failed"}
-                ident = BuildIdentity(
-                    build.name, False, error_log=record.log_text(), details={"build": record.identity()}
-                )
+                ident = BuildIdentity(build.name, False, error_log=record.log_text(), details=record.details())
                 reason = f"{failure['kind']}: {failure['line']}"
                 log = record.log_text()
                 failed = Measurement(Status.BUILD_FAILED, reason, suite.n_prompt, suite.n_gen, log=log[-LOG_TAIL:])

@@ -152,7 +152,7 @@ def test_stale_duplicate_source_fails_to_link_is_recorded_and_the_next_commit_bu
     assert "multiple definition of" in reason
     assert "multiple definition of" in log  # the build log is stored with the result
     assert details["build"]["failure"]["kind"] == "duplicate_symbols"
-    assert details["build"]["source"]["commit"] == commits["stale"]
+    assert details["source"]["commit"] == commits["stale"] and details["build"]["system"] == "cmake"
     assert rows["fixed"].split("|")[0] == "ok", rows["fixed"]
     # the gate fails a candidate that does not build
     gate = bench_cli("gate", "--baseline", "fixed", "--candidate", "stale", "--db", str(db), "--config", str(cfg))

@@ -91,7 +91,7 @@ def test_llama_bench_of_two_llama_cpp_generations_is_stored_compared_and_gated(
         assert ok["n_pp"] == 3 and ok["n_tg"] == 3 and ok["pp_ts"] > 0 and ok["tg_ts"] > 0
         reported = ok["build_details"]["engine_reported"]
         assert reported["build_commit"] and reported["samples"] is True
-        assert ok["build_details"]["build"]["source"]["kind"] == "sdist"
+        assert ok["build_details"]["source"]["kind"] == "sdist"
         # llama-bench's own words about a file it cannot read
         assert rows[(build, "truncated")]["status"] == "invalid_gguf", rows[(build, "truncated")]["reason"]
         assert rows[(build, "missing")]["status"] == "file_not_found", rows[(build, "missing")]["reason"]

@@ -94,11 +94,17 @@ class BuildRecord:
             return ""
 
     def identity(self) -> dict[str, Any]:
-        """What is stored with the build in the store and shown beside its numbers."""
+        """The whole record as the cache lists it (no path, no last use)."""
         out = asdict(self)
         out.pop("path")
         out.pop("last_used")
         return out
+
+    def details(self) -> dict[str, Any]:
+        """What the store keeps in builds.details: `source` (kind, location, ref, commit, dirty …) and `build`
+        (key, system, args, vars, targets, toolchain, seconds, artifact sizes, failure)."""
+        build = self.identity()
+        return {"source": build.pop("source"), "build": build}
 
     @classmethod
     def load(cls, folder: Path) -> BuildRecord | None:

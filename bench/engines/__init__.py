@@ -28,7 +28,7 @@ def make_engine(config: Config, build: BuildConfig, record: BuildRecord | None =
     env = dict(os.environ)
     env.pop("LLAMA_CPP_LIB_PATH", None)
     env.update(build.env)
-    details: dict[str, Any] = {"build": record.identity()} if record is not None else {}
+    details: dict[str, Any] = record.details() if record is not None else {}
     if build.engine == "llama-cpp-python":
         if record is not None and record.system == "pip":
             return LlamaCppPython(build.name, str(record.python), None, env, details)
