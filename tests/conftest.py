@@ -66,6 +66,12 @@ def db_backend() -> str:
     return "sqlite"
 
 
+@pytest.fixture(autouse=True)
+def private_run_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's `bench run` holds its own machine lock: not one shared with other test sessions or real runs."""
+    monkeypatch.setenv("PERFGATE_RUN_LOCK", str(tmp_path / "perfgate-run.lock"))
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PgServer]:
     """A PostgreSQL server for the whole session (initdb + pg_ctl on a temporary directory, a free port)."""

@@ -40,8 +40,11 @@ def small_config(models_dir: Path, write_config: Callable[..., Path]) -> Path:
 
 
 def _env(tmp_path: Path, machine: str) -> dict[str, str]:
-    # TMPDIR: each machine's lock file lands in this test's folder
-    return {**os.environ, "PERFGATE_MACHINE_ID": machine, "TMPDIR": str(tmp_path)}
+    """A runner's identity; its run lock is its machine's (the default path, keyed by machine, in this test's
+    folder), not the one lock conftest gives each test."""
+    env = {**os.environ, "PERFGATE_MACHINE_ID": machine, "TMPDIR": str(tmp_path)}
+    env.pop("PERFGATE_RUN_LOCK", None)
+    return env
 
 
 def _start(cfg: Path, db: str, env: dict[str, str], *extra: str) -> subprocess.Popen[str]:
@@ -72,6 +75,7 @@ def test_four_runners_into_one_postgres_lose_duplicate_and_mix_nothing(
         samples = session.execute(select(Sample.result_id, Sample.test, Sample.seq)).all()
         logs = session.scalar(select(func.count()).select_from(ResultLog))
     assert sorted(d["machine_id"] for _, d in runs) == sorted(procs)  # one run per machine, four machines
+    assert len(list(tmp_path.glob("perfgate-run-*.lock"))) == 4  # four machines, four locks: nobody waited
     assert len(frame) == 4 * 2 and set(frame["status"]) == {"ok"}
     per_run = frame.groupby("run_id")
     assert all(sorted(g["model"]) == ["f16", "q4"] for _, g in per_run)

@@ -51,7 +51,7 @@ def _ensure(conn: Connection, kind: str, row: Any, key: tuple[str, ...]) -> int:
 def copy_runs(local: Store, central: Store) -> PushReport:
     report = PushReport()
     with local.engine.connect() as src:
-        runs = src.execute(select(Run.__table__).order_by(Run.id)).all()
+        runs = src.execute(select(_table(Run)).order_by(Run.id)).all()
         for run in runs:
             if run.status == "running":
                 report.unfinished.append(run.id)
@@ -69,46 +69,58 @@ def copy_runs(local: Store, central: Store) -> PushReport:
 
 
 def _copy_run(src: Connection, dst: Connection, run: Any, report: PushReport) -> int | None:
-    machine = src.execute(select(Machine.__table__).where(Machine.id == run.machine_id)).one()
-    machine_id = _ensure(dst, "machine", machine, ("fingerprint",))
+    """One run with its results, samples and logs: a few statements, however many results it holds."""
+    machine = src.execute(select(_table(Machine)).where(Machine.id == run.machine_id)).one()
     run_table = _table(Run)
     new_run_id = insert_if_absent(
         dst,
         run_table,
         ["uuid"],
-        {**_values(run_table, run), "machine_id": machine_id},
+        {**_values(run_table, run), "machine_id": _ensure(dst, "machine", machine, ("fingerprint",))},
         returning=run_table.c.id,
     )
     if new_run_id is None:
         return None
-    results = src.execute(select(Result.__table__).where(Result.run_id == run.id).order_by(Result.id)).all()
-    build_ids: dict[int, int] = {}
-    model_ids: dict[int, int] = {}
+    results = src.execute(select(_table(Result)).where(Result.run_id == run.id).order_by(Result.id)).all()
+    if not results:
+        return int(new_run_id)
+    build_ids = {
+        b.id: _ensure(dst, "build", b, ("name", "identity_sha"))
+        for b in src.execute(select(_table(Build)).where(Build.id.in_({r.build_id for r in results})))
+    }
+    model_ids = {
+        m.id: _ensure(dst, "model", m, ("name",))
+        for m in src.execute(select(_table(Model)).where(Model.id.in_({r.model_id for r in results})))
+    }
     result_table = _table(Result)
-    for result in results:
-        if result.build_id not in build_ids:
-            build = src.execute(select(Build.__table__).where(Build.id == result.build_id)).one()
-            build_ids[result.build_id] = _ensure(dst, "build", build, ("name", "identity_sha"))
-        if result.model_id not in model_ids:
-            model = src.execute(select(Model.__table__).where(Model.id == result.model_id)).one()
-            model_ids[result.model_id] = _ensure(dst, "model", model, ("name",))
-        values = {
-            **_values(result_table, result),
+    rows = [
+        {
+            **_values(result_table, r),
             "run_id": new_run_id,
-            "build_id": build_ids[result.build_id],
-            "model_id": model_ids[result.model_id],
+            "build_id": build_ids[r.build_id],
+            "model_id": model_ids[r.model_id],
         }
-        new_id = dst.execute(insert(result_table).values(**values).returning(result_table.c.id)).scalar_one()
-        samples = src.execute(
-            select(Sample.test, Sample.seq, Sample.ns).where(Sample.result_id == result.id).order_by(Sample.id)
-        ).all()
-        if samples:
-            dst.execute(
-                insert(_table(Sample)), [{"result_id": new_id, "test": t, "seq": s, "ns": ns} for t, s, ns in samples]
-            )
-        log = src.execute(select(ResultLog.text).where(ResultLog.result_id == result.id)).scalar()
-        if log is not None:
-            dst.execute(insert(_table(ResultLog)).values(result_id=new_id, text=log))
-        report.results += 1
-        report.samples += len(samples)
+        for r in results
+    ]
+    # one multi-row INSERT … RETURNING: the new ids come back in the order of the rows
+    new_ids = (
+        dst.execute(insert(result_table).returning(result_table.c.id, sort_by_parameter_order=True), rows)
+        .scalars()
+        .all()
+    )
+    id_map = dict(zip((r.id for r in results), new_ids, strict=True))
+    in_run = select(Result.id).where(Result.run_id == run.id)
+    samples = src.execute(
+        select(Sample.result_id, Sample.test, Sample.seq, Sample.ns).where(Sample.result_id.in_(in_run))
+    ).all()
+    if samples:
+        dst.execute(
+            insert(_table(Sample)),
+            [{"result_id": id_map[rid], "test": t, "seq": q, "ns": ns} for rid, t, q, ns in samples],
+        )
+    logs = src.execute(select(ResultLog.result_id, ResultLog.text).where(ResultLog.result_id.in_(in_run))).all()
+    if logs:
+        dst.execute(insert(_table(ResultLog)), [{"result_id": id_map[rid], "text": text} for rid, text in logs])
+    report.results += len(results)
+    report.samples += len(samples)
     return int(new_run_id)
