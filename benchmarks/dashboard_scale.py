@@ -137,7 +137,8 @@ def main() -> None:
         index = (report.out / "index.html").stat().st_size
         print(
             f"full build: {report.pages} pages, {report.written} files, {report.bytes_total / 1e6:.1f} MB in "
-            f"{report.seconds:.1f} s (goal ≤ 10 s)"
+            f"{report.seconds:.1f} s (goal ≤ 10 s); comparisons (bench.compare + bench.gate): "
+            f"{report.compare_s:.1f} CPU-s"
         )
         print(
             f"index.html {index / 1e3:.1f} kB; largest page {pages[-1][1]} {pages[-1][0] / 1e3:.1f} kB; "
@@ -146,7 +147,10 @@ def main() -> None:
         fill(db, 1, args.builds, args.models, first_night=args.runs)
         with open_store(db) as store:
             added = build_site(store, Path(tmp) / "site")
-        print(f"one run added: {added.written} files rewritten in {added.seconds:.1f} s (goal ≤ 2 s)")
+        print(
+            f"one run added: {added.written} files rewritten in {added.seconds:.1f} s (goal ≤ 2 s); comparisons: "
+            f"{added.compare_s:.1f} CPU-s"
+        )
 
 
 if __name__ == "__main__":

@@ -164,6 +164,8 @@ def test_overview_shows_verdicts_ratios_and_escapes_names(browser: Browser, site
     assert XSS_BUILD in table.locator("thead").inner_text()
     assert page.locator("script").count() == 0
     assert page.locator(".badge.v-fail").count() >= 1
+    # since the previous run: the marked shift is new; no-lib failed then too, so it is no new failure
+    assert page.locator("li.new-change").count() == 1 and page.locator("li.new-failure").count() == 0
 
 
 def test_history_hover_shows_build_commit_and_value(browser: Browser, site: Path, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from bench.config import DashboardConfig, GateConfig
 from bench.metrics import METRICS, Status
+from bench.render import missing
 from bench.site.roofline import machine_bandwidth_gbs
 from bench.store.queries import builds_frame, machines_frame, results_frame, runs_frame
 from bench.store.standing import standing
@@ -136,23 +137,27 @@ def identity_fields(build: dict[str, Any]) -> dict[str, str]:
     CUDA architectures, engine and versions (from builds.details and llama.cpp's system_info)."""
     found = build.get("details")
     details: dict[str, Any] = found if isinstance(found, dict) else {}
-    info = str(build.get("system_info") or "")
+    info = "" if missing(build.get("system_info")) else str(build.get("system_info") or "")
     backends = [part.split(":", 1)[0].strip() for part in info.split("|") if ":" in part]
     archs = _ARCHS.search(info)
     embed = re.search(r"EMBED_LIBRARY\s*=\s*(\d)", info)
     flags = details.get("cmake_args") or details.get("flags") or details.get("make_vars")
     commit = details.get("commit") or details.get("git_sha") or details.get("ref")
+
+    def text(value: Any, width: int | None = None) -> str:
+        return "–" if missing(value) or value == "" else str(value)[:width]
+
     return {
-        "engine": str(details.get("engine") or "llama-cpp-python"),
-        "llama.cpp version": str(build.get("llama_cpp_version") or "–"),
-        "commit": str(commit or "–"),
-        "flags": " ".join(map(str, flags)) if isinstance(flags, list) else str(flags or "–"),
+        "engine": text(details.get("engine") or "llama-cpp-python"),
+        "llama.cpp version": text(build.get("llama_cpp_version")),
+        "commit": text(commit),
+        "flags": " ".join(map(str, flags)) if isinstance(flags, list) else text(flags),
         "backends": ", ".join(dict.fromkeys(b for b in backends if b)) or "–",
         "embedded Metal library": ("yes" if embed.group(1) == "1" else "no") if embed else "–",
         "CUDA architectures": archs.group(1).strip(" |;") if archs else "–",
-        "library sha256": str(build.get("lib_sha256") or "–")[:16],
-        "ggml sha256": str(build.get("ggml_sha256") or "–")[:16],
-        "identity": str(build.get("identity_sha") or "–"),
+        "library sha256": text(build.get("lib_sha256"), 16),
+        "ggml sha256": text(build.get("ggml_sha256"), 16),
+        "identity": text(build.get("identity_sha")),
     }
 
 
@@ -264,9 +269,11 @@ def statuses_changed(data: SiteData, fp: str) -> list[dict[str, Any]]:
         (b, m) for b, m, s in zip(before["build"], before["model"], before["status"], strict=True) if s == "ok"
     }
     ok_models = {m for _, m in ok_before}
+    builds_before = set(before["build"])
     out = []
     for b, m, s, reason in zip(now["build"], now["model"], now["status"], now["reason"], strict=True):
-        if s != Status.OK and ((b, m) in ok_before or m in ok_models):
+        # the same build ok before; a build new to the machine: the model loaded ok with another build
+        if s != Status.OK and ((b, m) in ok_before or (b not in builds_before and m in ok_models)):
             out.append({"build": b, "model": m, "status": s, "reason": reason or "", "previous_run": prev})
     return out
 

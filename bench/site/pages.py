@@ -48,6 +48,7 @@ class SiteReport:
     written: int  # files written by this build (the rest were unchanged and kept)
     bytes_total: int
     seconds: float
+    compare_s: float = 0.0  # of all processes' time, how much went to bench.compare and bench.gate
 
 
 def _code_version() -> str:
@@ -99,7 +100,14 @@ def plain(value: Any) -> Any:
 
 def json_text(payload: Any) -> str:
     # ASCII only: U+2028 and friends cannot end a line of the script that carries it
-    return json.dumps(plain(payload), ensure_ascii=True, separators=(",", ":"), allow_nan=False, default=str)
+    try:  # payloads built of plain values (the histories) go straight through
+        return json.dumps(payload, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        return json.dumps(plain(payload), ensure_ascii=True, separators=(",", ":"), allow_nan=False, default=str)
+
+
+def _floats(values: pd.Series) -> list[float | None]:
+    return [None if v != v else v for v in pd.to_numeric(values, errors="coerce").astype(float).tolist()]
 
 
 def data_script(payload: Any) -> str:
@@ -145,6 +153,9 @@ class Builder:
         self.hosts = dict(zip(data.machines["fingerprint"], data.machines["hostname"], strict=True))
         self.samples: pd.DataFrame | None = None
         self.narrow = pd.DataFrame()
+        self.compare_s = 0.0
+        self.run_bandwidth = res.groupby("run_id")["bandwidth_gbs"].max().fillna(0).to_dict()
+        self.run_rows = {int(r): row for r, row in zip(data.runs["run_id"], data.runs.to_dict("records"), strict=True)}
         self.verdicts: dict[str, Verdict] = {}
 
     # -- helpers ----------------------------------------------------------------------------------------
@@ -168,7 +179,8 @@ class Builder:
         # compare_frames walks rows: hand it only the columns it reads (a wide row costs 20× more)
         wanted = ["result_id", "run_id", "model", "status", "reason", "n_prompt", "n_gen", "rounds", *METRICS]
         wanted += [m.samples_column for m in METRICS.values() if m.samples_column]
-        self.narrow = self.samples[[c for c in wanted if c in self.samples.columns]]
+        # as plain objects: compare_frames walks rows, and one object block is cheap to walk
+        self.narrow = self.samples[[c for c in wanted if c in self.samples.columns]].astype(object)
 
     # -- comparisons ------------------------------------------------------------------------------------
     def pair_rel(self, pair: Pair) -> str:
@@ -198,6 +210,13 @@ class Builder:
         )
 
     def verdict(self, pair: Pair) -> Verdict:
+        start = time.perf_counter()
+        try:
+            return self._verdict(pair)
+        finally:
+            self.compare_s += time.perf_counter() - start
+
+    def _verdict(self, pair: Pair) -> Verdict:
         base = self.narrow.loc[list(pair.baseline_ids)].reset_index(drop=True)
         cand = self.narrow.loc[list(pair.candidate_ids)].reset_index(drop=True)
         host = self.hosts.get(pair.machine_fingerprint, "")
@@ -218,25 +237,27 @@ class Builder:
         table = verdict.comparison.table
         assert self.samples is not None
         side = {
-            "base": self.samples.loc[list(pair.baseline_ids)].set_index("model"),
-            "cand": self.samples.loc[list(pair.candidate_ids)].set_index("model"),
+            name: {r["model"]: r for r in self.samples.loc[list(ids), ["model", "status", "reason"]].to_dict("records")}
+            for name, ids in (("base", pair.baseline_ids), ("cand", pair.candidate_ids))
         }
         failed: dict[str, set[str]] = {}
         for c in verdict.checks:
             if check_outcome(c) in ("fail", "inconclusive"):
                 failed.setdefault(c.model, set()).add(c.metric)
-        rows = []
-        for model in dict.fromkeys(table["model"]):
-            metrics = table[table["model"] == model].drop_duplicates("metric").set_index("metric")
-            rows.append(
-                {
-                    "model": model,
-                    "metrics": metrics.to_dict(orient="index"),
-                    "base": side["base"].loc[model] if model in side["base"].index else None,
-                    "cand": side["cand"].loc[model] if model in side["cand"].index else None,
-                    "failed": failed.get(model, set()),
-                }
-            )
+        records = render.records(table.drop(columns=[c for c in ("log_ratios",) if c in table]))
+        per_model: dict[str, dict[str, Any]] = {}
+        for r in records:
+            per_model.setdefault(r["model"], {}).setdefault(r["metric"], r)
+        rows = [
+            {
+                "model": model,
+                "metrics": metrics,
+                "base": side["base"].get(model),
+                "cand": side["cand"].get(model),
+                "failed": failed.get(model, set()),
+            }
+            for model, metrics in per_model.items()
+        ]
         ident_b = site_data.side_identity(self.data, pair.baseline_ids)
         ident_c = site_data.side_identity(self.data, pair.candidate_ids)
         identity = [
@@ -254,7 +275,7 @@ class Builder:
             "baseline": {"build": pair.baseline, "result_ids": pair.baseline_ids, "run_ids": pair.baseline_runs},
             "candidate": {"build": pair.candidate, "result_ids": pair.candidate_ids, "run_ids": pair.candidate_runs},
             "verdict": verdict_outcome(verdict),
-            "rows": render.records(table.drop(columns=[c for c in ("log_ratios",) if c in table])),
+            "rows": records,
             "checks": [{**plain(c), "outcome": check_outcome(c)} for c in verdict.checks],
             "identity": identity,
         }
@@ -297,7 +318,7 @@ class Builder:
 
     # -- runs -------------------------------------------------------------------------------------------
     def run_key(self, run_id: int, ids: list[int]) -> str:
-        run = self.data.runs[self.data.runs["run_id"] == run_id].iloc[0]
+        run = self.run_rows[run_id]
         return content_key(
             self.version,
             run_id,
@@ -305,7 +326,7 @@ class Builder:
             str(run["finished_at"]),
             run["settings"],
             self.keys_of(ids),
-            float(self.data.results[self.data.results["run_id"] == run_id]["bandwidth_gbs"].fillna(0).max()),
+            self.run_bandwidth.get(run_id),
         )
 
     def run_page(self, run_id: int, res: pd.DataFrame, key: str, links: dict[str, str]) -> None:
@@ -324,7 +345,7 @@ class Builder:
             key,
             run=run,
             run_id=run_id,
-            results=res.assign(**_display_columns(res)).astype(object).to_dict(orient="records"),
+            results=res[_RUN_ROW].to_dict(orient="records"),
             builds=render.records(builds),
             machine=machine,
             load_matrix=matrix(res),
@@ -349,16 +370,16 @@ class Builder:
                 ok = b["status"] == Status.OK
                 lines.append(
                     {
-                        "build": build,
+                        "build": str(build),
                         "x": b["x"].tolist(),
-                        "y": [None if render.missing(v) else float(v) for v in b[metric].tolist()],
-                        "ci": (b[f"{metric}_ci95"] if f"{metric}_ci95" in b else pd.Series([None] * len(b))).tolist(),
-                        "status": b["status"].tolist(),
-                        "ok": ok.tolist(),
+                        "y": _floats(b[metric]),
+                        "ci": _floats(b[f"{metric}_ci95"]) if f"{metric}_ci95" in b else [None] * len(b),
+                        "status": [str(v) for v in b["status"].tolist()],
+                        "ok": [bool(v) for v in ok.tolist()],
                         "run": b["run_id"].astype(int).tolist(),
-                        "commit": b["commit"].tolist(),
+                        "commit": [str(v) for v in b["commit"].tolist()],
                         "date": [str(d)[:16] for d in b["run_started"].tolist()],
-                        "roofline": b["tg_roofline_pct"].tolist() if metric == "tg_ts" else None,
+                        "roofline": _floats(b["tg_roofline_pct"]) if metric == "tg_ts" else None,
                     }
                 )
             series[metric] = {
@@ -456,6 +477,31 @@ def matrix(res: pd.DataFrame) -> dict[str, Any]:
     return {"builds": builds, "models": models, "grid": [[cells.get((b, m)) for m in models] for b in builds]}
 
 
+# what a run page's rows show: plain values, formatted once for all runs being written
+_RUN_ROW = [
+    "build",
+    "model",
+    "file_txt",
+    "status",
+    "reason",
+    "layers_txt",
+    "backend",
+    "load_txt",
+    "pp_txt",
+    "tg_txt",
+    "tg_roofline_pct",
+    "buffers_txt",
+    "rss_txt",
+    "gpu_txt",
+    "exit_txt",
+    "n_prompt",
+    "n_gen",
+    "samples_pp_ns",
+    "samples_tg_ns",
+    "log",
+]
+
+
 def _display_columns(frame: pd.DataFrame) -> dict[str, list[str]]:
     def col(name: str) -> list[Any]:
         return frame[name].tolist()
@@ -494,7 +540,7 @@ def _work(item: tuple[str, Any]) -> tuple[str, Any]:
     """One page in a forked worker (the frames are shared by fork); returns what the parent records."""
     assert _ACTIVE is not None
     b = _ACTIVE
-    before, written = dict(b.out.pages), b.out.written
+    before, written, compare_s = dict(b.out.pages), b.out.written, b.compare_s
     kind, arg = item
     if kind == "compare":
         pair, key = arg
@@ -508,7 +554,7 @@ def _work(item: tuple[str, Any]) -> tuple[str, Any]:
         fp, model, rows = arg
         result = b.history_page(fp, model, rows)
     new = {k: v for k, v in b.out.pages.items() if before.get(k) != v}
-    return kind, (result, new, b.out.written - written)
+    return kind, (result, new, b.out.written - written, b.compare_s - compare_s)
 
 
 def _in_parallel(builder: Builder, work: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
@@ -521,9 +567,10 @@ def _in_parallel(builder: Builder, work: list[tuple[str, Any]]) -> list[tuple[st
             return [_work(item) for item in work]
         with mp.get_context("fork").Pool(workers) as pool:
             outcomes = pool.map(_work, work, chunksize=max(1, len(work) // (workers * 4)))
-        for _, (_, pages, written) in outcomes:
+        for _, (_, pages, written, compare_s) in outcomes:
             builder.out.pages.update(pages)
             builder.out.written += written
+            builder.compare_s += compare_s
         return outcomes
     finally:
         _ACTIVE = None
@@ -543,12 +590,13 @@ def build(
         builder = Builder(session, data, out)
         written = _build(builder)
         path = out.commit()
+        compare_s = builder.compare_s
     except BaseException:
         out.abort()
         raise
     pages = sum(1 for rel in out.pages if rel.endswith(".html"))
     size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return SiteReport(path, pages, written, size, time.perf_counter() - start)
+    return SiteReport(path, pages, written, size, time.perf_counter() - start, compare_s)
 
 
 def _build(b: Builder) -> int:
@@ -601,6 +649,8 @@ def _build(b: Builder) -> int:
         )
         extra = res.set_index("result_id")[["tg_roofline_pct", "bandwidth_gbs"]]
         frame = frame.join(extra, on="result_id")
+        frame = frame.assign(**_display_columns(frame))
+        frame["tg_roofline_pct"] = frame["tg_roofline_pct"].astype(object).where(frame["tg_roofline_pct"].notna(), None)
         for r, g in frame.groupby("run_id", sort=True):
             fp = str(g["machine_fingerprint"].iloc[0])
             links = {str(bn): nightly_rel[(fp, int(r), bn)] for bn in g["build"] if (fp, int(r), bn) in nightly_rel}
@@ -608,7 +658,7 @@ def _build(b: Builder) -> int:
     work += [
         ("history", (str(fp), str(m), g)) for (fp, m), g in res.groupby(["machine_fingerprint", "model"], sort=False)
     ]
-    entries = [result for kind, (result, _, _) in _in_parallel(b, work) if kind == "history"]
+    entries = [result for kind, (result, *_) in _in_parallel(b, work) if kind == "history"]
     _history_index(b, entries)
     _overview(b, base_pairs, overview_of, entries)
     return out.written
