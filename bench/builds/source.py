@@ -192,5 +192,9 @@ def export(resolved: ResolvedSource, dest: Path, cache: Path) -> Path:
             raise ConfigError(f"{resolved.location}: the sdist vendors no llama.cpp (no vendor/llama.cpp)")
         # the vendored tree's .git file points at a submodule that is not in the sdist
         (vendored / ".git").unlink(missing_ok=True)
-        return vendored
+        # every kind of source is built from <work>/src: ccache (paths relative to the work folder) then
+        # shares objects between a release's sdist and a git checkout of the same code
+        vendored.rename(dest / "src")
+        shutil.rmtree(dest / "sdist")
+        return dest / "src"
     raise ValueError(f"a {resolved.kind} source is installed, not exported")
