@@ -67,7 +67,7 @@ def upsert_build(session: Session, ident: BuildIdentity, source: str = "perfgate
             "ggml_sha256": ident.ggml_sha256,
             "python": ident.python,
             "supports_gpu_offload": ident.supports_gpu_offload,
-            "details": {**ident.details, "source": source, "usable": ident.ok},
+            "details": {**ident.details, "recorded_by": source, "usable": ident.ok},
         },
     )
     return session.scalars(select(Build).where(Build.name == ident.name, Build.identity_sha == identity_sha)).one()
