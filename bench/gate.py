@@ -43,7 +43,7 @@ class Check:
     ci_high: float | None = None
     n_pairs: int | None = None
     mde_pct: float | None = None  # smallest change in the bad direction these samples could have shown
-    pairs_needed: int | None = None  # more paired samples to settle an inconclusive check at this noise
+    pairs_needed: int | None = None  # more process pairs to settle an inconclusive check at this noise
 
     @property
     def passed(self) -> bool:
@@ -120,9 +120,16 @@ def evaluate(comparison: Comparison, gate: GateConfig | None = None, *, pairs_pe
             if str(row.metric) in limits
         ]
         checks += judged
-        if not any(c.outcome is not Outcome.REPORTED for c in judged):
+        # a load with no throughput measured (n_prompt = n_gen = 0, an import without samples) shows nothing
+        sampled = [c for c in judged if METRICS[c.metric].samples_column is not None]
+        if sampled and all(c.outcome is Outcome.REPORTED for c in sampled):
             checks.append(
-                Check(str(model), "data", Outcome.INCONCLUSIVE, "no gated metric was measured on both sides: no data")
+                Check(
+                    str(model),
+                    "data",
+                    Outcome.INCONCLUSIVE,
+                    "no throughput was measured on either side: no data is not a pass",
+                )
             )
     return Verdict(comparison, checks)
 
@@ -206,9 +213,7 @@ def _needs(d: Decision, n: int, per_round: int | None) -> str:
     gap = abs(_pct(ev.estimate) - _pct(d.bound))
     rounds = math.ceil(d.pairs_needed / per_round) if per_round else None
     more = (
-        f"~{rounds} more rounds ({d.pairs_needed} paired samples)"
-        if rounds
-        else f"~{d.pairs_needed} more paired samples"
+        f"~{rounds} more rounds ({d.pairs_needed} process pairs)" if rounds else f"~{d.pairs_needed} more process pairs"
     )
     return f"needs {more} for ±{gap:.1f}% {noise}"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import PYTHON, REPO, bench_cli, fake_python
 
@@ -22,21 +24,39 @@ COMPARE_SCRIPT = (
 )
 
 
+# the machine is shared by several jobs: thresholds of ±10% settle in a few rounds here, while the defaults
+# (−5% pp, −3% tg) can need dozens (benchmarks/gate_calibration.py measures how many)
+SETTLES_HERE = {"thresholds": {"pp_ts": -10, "tg_ts": -10, "load_s": 25, "rss_peak_bytes": 5}}
+
+
 def _interleaved(
-    write_config: Callable[..., Path], models_dir: Path, db: str, builds: list[dict[str, str]], rounds: int = 6
-) -> None:
+    write_config: Callable[..., Path],
+    models_dir: Path,
+    db: str,
+    builds: list[dict[str, str]],
+    rounds: int = 6,
+    models: list[dict[str, object]] | None = None,
+    gate: dict[str, object] | None = None,
+) -> Path:
     cfg = write_config(
-        [{"name": "q4", "path": str(models_dir / "tiny-Q4_0.gguf")}],
+        models or [{"name": "q4", "path": str(models_dir / "tiny-Q4_0.gguf")}],
         builds=builds,
-        repetitions=rounds,
+        repetitions=2 * rounds,
         n_prompt=128,
         n_gen=32,
     )
-    proc = bench_cli("run", "--config", str(cfg), "--db", db, "--interleave", "--quiet")
+    if gate:
+        cfg.write_text(cfg.read_text() + yaml.safe_dump({"gate": gate}))
+    proc = bench_cli(
+        "run", "--config", str(cfg), "--db", db, "--interleave", "--rounds", str(rounds), "--quiet", "--wait"
+    )
     assert proc.returncode == 0, proc.stderr
+    return cfg
 
 
-def _gate(db: str, tmp_path: Path, baseline: str = "A", candidate: str = "B") -> tuple[int, str, ET.Element]:
+def _gate(
+    db: str, tmp_path: Path, baseline: str = "A", candidate: str = "B", *extra: str
+) -> tuple[int, str, ET.Element]:
     junit = tmp_path / "gate.xml"
     summary = tmp_path / "summary.md"
     summary.unlink(missing_ok=True)
@@ -52,22 +72,61 @@ def _gate(db: str, tmp_path: Path, baseline: str = "A", candidate: str = "B") ->
         "--junit",
         str(junit),
         *config,
+        *extra,
         env={"GITHUB_STEP_SUMMARY": str(summary)},
+        timeout=900,
     )
-    assert proc.returncode in (0, 1), proc.stderr
+    assert proc.returncode in (0, 1, 3), proc.stderr
     assert summary.read_text() == proc.stdout  # the step summary gets the same markdown
     return proc.returncode, proc.stdout, ET.parse(junit).getroot()
 
 
-def test_a_a_interleaved_passes(
-    models_dir: Path, write_config: Callable[..., Path], db_url: str, tmp_path: Path
+def _measuring_db(tmp_path: Path) -> str:
+    # tests that measure many rounds judge statistics, not the store: one backend (SQLite) is enough for them
+    return f"sqlite:///{tmp_path / 'measured.sqlite'}"
+
+
+def _runs(db: str) -> list[dict[str, object]]:
+    return json.loads(bench_cli("runs", "--db", db, "--format", "json").stdout)
+
+
+def test_a_a_pair_is_inconclusive_at_first_and_passes_after_sampling(
+    models_dir: Path, write_config: Callable[..., Path], tmp_path: Path
 ) -> None:
-    _interleaved(write_config, models_dir, db_url, [{"name": "A", "python": PYTHON}, {"name": "B", "python": PYTHON}])
+    db_url = _measuring_db(tmp_path)
+    builds = [{"name": "A", "python": PYTHON}, {"name": "B", "python": PYTHON}]
+    _interleaved(write_config, models_dir, db_url, builds, rounds=2, gate=SETTLES_HERE)
     code, summary, junit = _gate(db_url, tmp_path)
+    assert code == 3, summary  # two process pairs cannot show "same speed"
+    assert summary.startswith("## perfgate: INCONCLUSIVE")
+    inconclusive = [c for c in junit.iter("testcase") if c.find("failure[@type='inconclusive']") is not None]
+    assert {c.get("name") for c in inconclusive} == {"pp_ts", "tg_ts"}
+
+    runs_before = len(_runs(db_url))
+    code, summary, junit = _gate(db_url, tmp_path, "A", "B", "--measure", "--budget-s", "400")
     assert code == 0, summary
-    assert summary.startswith("## perfgate: PASS")
-    names = {case.get("name") for case in junit.iter("testcase")}
-    assert {"load", "pp_ts", "tg_ts"} <= names and junit.get("failures") == "0"
+    assert summary.startswith("## perfgate: PASS") and "Sampled until sure:" in summary
+    assert junit.get("failures") == "0"
+    # the added rounds are ordinary stored results of both builds
+    runs = _runs(db_url)
+    assert len(runs) > runs_before and all(r["builds"] == "A, B" for r in runs[runs_before:])
+    proc = bench_cli(
+        "gate",
+        "--baseline",
+        "A",
+        "--candidate",
+        "B",
+        "--db",
+        db_url,
+        "--config",
+        str(tmp_path / "models.yaml"),
+        "--format",
+        "json",
+    )
+    verdict = json.loads(proc.stdout)
+    assert proc.returncode == 0 and verdict["verdict"] == "pass" and verdict["exit_code"] == 0
+    tg = next(c for c in verdict["checks"] if c["metric"] == "tg_ts")
+    assert tg["outcome"] == "pass" and tg["ci_low"] > 0.9 and tg["mde_pct"] < -10 and tg["n_pairs"] >= 6
 
 
 def test_candidate_that_no_longer_loads_fails_with_model_and_reason(
@@ -88,28 +147,54 @@ def test_candidate_that_no_longer_loads_fails_with_model_and_reason(
     assert [(c.get("classname"), c.get("name")) for c in failed] == [("perfgate.q4", "load")]
 
 
-def test_real_cpu_contention_slowdown_fails_on_throughput(
-    models_dir: Path, write_config: Callable[..., Path], db_url: str, tmp_path: Path
+def test_real_slowdown_ends_fail_after_sampling_and_per_model_thresholds_apply(
+    models_dir: Path, write_config: Callable[..., Path], tmp_path: Path
 ) -> None:
+    db_url = _measuring_db(tmp_path)
     # the candidate's worker shares its one core with a busy loop: a real, large slowdown
     contended = fake_python(
         tmp_path, "python-contended", f"taskset -c 0 sh -c 'while :; do :; done' &\nexec taskset -c 0 {PYTHON} \"$@\""
     )
     pinned = fake_python(tmp_path, "python-pinned", f'exec taskset -c 0 {PYTHON} "$@"')
+    models = [
+        # q4 may lose 90% of its speed (per-model thresholds from models.yaml); f16 keeps the defaults
+        {"name": "q4", "path": str(models_dir / "tiny-Q4_0.gguf"), "thresholds": {"pp_ts": -90, "tg_ts": -90}},
+        {"name": "f16", "path": str(models_dir / "tiny-F16.gguf")},
+    ]
     _interleaved(
         write_config,
         models_dir,
         db_url,
         [{"name": "A", "python": str(pinned)}, {"name": "B", "python": str(contended)}],
+        rounds=2,
+        models=models,
     )
-    code, summary, _ = _gate(db_url, tmp_path)
-    assert code == 1
-    assert "**q4** `tg_ts`: REGRESSION" in summary and "**q4** `pp_ts`: REGRESSION" in summary
+    code, summary, _ = _gate(db_url, tmp_path, "A", "B", "--measure", "--budget-s", "400")
+    assert code == 1, summary
+    assert "**f16** `tg_ts`: REGRESSION" in summary and "**f16** `pp_ts`: REGRESSION" in summary
+    assert "| q4 | tg_ts | pass |" in summary and "| q4 | pp_ts | pass |" in summary
 
 
-def test_noisy_but_not_slower_candidate_passes(
-    models_dir: Path, write_config: Callable[..., Path], db_url: str, tmp_path: Path
+def test_too_small_a_budget_ends_inconclusive_saying_how_many_rounds_are_missing(
+    models_dir: Path, write_config: Callable[..., Path], tmp_path: Path
 ) -> None:
+    db_url = _measuring_db(tmp_path)
+    builds = [{"name": "A", "python": PYTHON}, {"name": "B", "python": PYTHON}]
+    _interleaved(write_config, models_dir, db_url, builds, rounds=3)
+    runs_before = len(_runs(db_url))
+    code, summary, junit = _gate(db_url, tmp_path, "A", "B", "--measure", "--budget-s", "0")
+    assert code == 3, summary
+    assert len(_runs(db_url)) == runs_before  # nothing fits in no time
+    line = next(ln for ln in summary.splitlines() if ln.startswith("- **q4** `tg_ts`: inconclusive"))
+    assert re.search(r"needs ~\d+ more rounds \(\d+ process pairs\) for ±[\d.]+% at this noise", line), line
+    assert "0 ABBA round(s) added" in summary
+    assert "tg_ts" in {c.get("name") for c in junit.iter("testcase") if c.find("failure") is not None}
+
+
+def test_noisy_but_not_slower_candidate_is_never_failed(
+    models_dir: Path, write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    db_url = _measuring_db(tmp_path)
     # bursts of load on the workers' core hit whichever build is running: noise, not a slowdown
     hog = subprocess.Popen(
         ["taskset", "-c", "0", "sh", "-c", "while :; do timeout 0.05 sh -c 'while :; do :; done'; sleep 0.4; done"],
@@ -128,20 +213,85 @@ def test_noisy_but_not_slower_candidate_passes(
         os.killpg(hog.pid, signal.SIGKILL)
         hog.wait()
     code, summary, _ = _gate(db_url, tmp_path)
-    assert code == 0, summary
+    assert code in (0, 3), summary
+    assert "REGRESSION" not in summary
 
 
-def test_slower_build_imported_from_llama_bench_fails(tmp_path: Path) -> None:
+def _llama_bench_pair(tmp_path: Path, reps: int | None = None) -> str:
+    """The recorded llama-bench runs: two threads (baseline) and one thread (candidate, about half as fast)."""
     db = str(tmp_path / "lb.sqlite")
     for build, f in (("two-threads", "llama-bench-t2.json"), ("one-thread", "llama-bench-t1.jsonl")):
-        assert (
-            bench_cli("import", str(DATA / f), "--format", "llama-bench", "--build", build, "--db", db).returncode == 0
-        )
+        source = DATA / f
+        if reps is not None:
+            text = source.read_text()
+            tests = json.loads(text) if f.endswith(".json") else [json.loads(ln) for ln in text.splitlines() if ln]
+            for t in tests:
+                t["samples_ns"], t["samples_ts"] = t["samples_ns"][:reps], t["samples_ts"][:reps]
+            source = tmp_path / f"{build}-{reps}.json"
+            source.write_text(json.dumps(tests))
+        proc = bench_cli("import", str(source), "--format", "llama-bench", "--build", build, "--db", db)
+        assert proc.returncode == 0, proc.stderr
+    return db
+
+
+def test_three_samples_a_side_never_pass_even_twice_as_slow(tmp_path: Path) -> None:
+    db = _llama_bench_pair(tmp_path, reps=3)
     code, summary, _ = _gate(db, tmp_path, "two-threads", "one-thread")
-    assert code == 1
-    assert "**tiny-Q4_0** `tg_ts`: REGRESSION" in summary and "**tiny-F16** `pp_ts`: REGRESSION" in summary
-    code_back, _, _ = _gate(db, tmp_path, "one-thread", "two-threads")
-    assert code_back == 0  # faster is never a regression
+    assert code == 3, summary
+    assert "**tiny-Q4_0** `tg_ts`: inconclusive" in summary and "too few to bound the change" in summary
+
+
+def test_one_llama_bench_process_a_side_is_inconclusive_in_either_direction(tmp_path: Path) -> None:
+    # five repetitions inside one process per side: a process-level disturbance cannot be told from the build
+    db = _llama_bench_pair(tmp_path)
+    for baseline, candidate in (("two-threads", "one-thread"), ("one-thread", "two-threads")):
+        code, summary, _ = _gate(db, tmp_path, baseline, candidate)
+        assert code == 3, summary
+        assert "REGRESSION" not in summary
+
+
+def test_candidate_without_samples_is_not_a_pass(
+    models_dir: Path, write_config: Callable[..., Path], db_url: str, tmp_path: Path
+) -> None:
+    cfg = write_config(
+        [{"name": "q4", "path": str(models_dir / "tiny-Q4_0.gguf")}],
+        builds=[{"name": "A", "python": PYTHON}, {"name": "B", "python": PYTHON}],
+        n_prompt=0,
+        n_gen=0,
+    )
+    assert bench_cli("run", "--config", str(cfg), "--db", db_url, "--quiet", "--wait").returncode == 0
+    code, summary, _ = _gate(db_url, tmp_path)
+    assert code == 3, summary
+    assert "**q4** `data`: no throughput was measured on either side: no data is not a pass" in summary
+
+
+def test_different_suite_settings_are_refused_unless_allowed(
+    models_dir: Path, write_config: Callable[..., Path], db_url: str, tmp_path: Path
+) -> None:
+    model = [{"name": "q4", "path": str(models_dir / "tiny-Q4_0.gguf")}]
+    for build, threads, n_gen in (("A", 1, 16), ("B", 2, 32)):
+        cfg = write_config(
+            model, builds=[{"name": build, "python": PYTHON}], name=f"{build}.yaml", threads=threads, n_gen=n_gen
+        )
+        assert bench_cli("run", "--config", str(cfg), "--db", db_url, "--quiet", "--wait").returncode == 0
+    for command in ("gate", "compare"):
+        refused = bench_cli(command, "--baseline", "A", "--candidate", "B", "--db", db_url)
+        assert refused.returncode == 2, refused.stdout
+        assert refused.stderr.count("\n") == 1 and refused.stderr.startswith("error: ")
+        assert "n_gen 16 → 32" in refused.stderr and "threads 1 → 2" in refused.stderr
+        assert "--allow-mixed-settings" in refused.stderr
+    allowed = bench_cli("gate", "--baseline", "A", "--candidate", "B", "--db", db_url, "--allow-mixed-settings")
+    assert allowed.returncode in (0, 1, 3), allowed.stderr
+    assert "**different suite settings**, compared on request: n_gen 16 → 32 (q4); threads 1 → 2 (q4)" in (
+        allowed.stdout
+    )
+
+
+def test_a_build_against_itself_is_refused(tmp_path: Path) -> None:
+    db = _llama_bench_pair(tmp_path)
+    proc = bench_cli("gate", "--baseline", "one-thread", "--candidate", "one-thread", "--db", db)
+    assert proc.returncode == 2 and "are the same results (one-thread@" in proc.stderr
+    assert proc.stdout == ""
 
 
 def _script_speedups(files: list[Path], baseline: str, compare: str) -> dict[tuple[str, str], float]:
@@ -207,7 +357,7 @@ def test_cross_machine_comparison_is_refused_unless_allowed(
     models_dir: Path, write_config: Callable[..., Path], db_url: str
 ) -> None:
     cfg = write_config([{"name": "tiny-Q4_0", "path": str(models_dir / "tiny-Q4_0.gguf")}], repetitions=2)
-    assert bench_cli("run", "--config", str(cfg), "--db", db_url, "--quiet").returncode == 0
+    assert bench_cli("run", "--config", str(cfg), "--db", db_url, "--quiet", "--wait").returncode == 0
     assert (
         bench_cli(
             "import", str(DATA / "llama-bench-t2.json"), "--build", "elsewhere", "--machine-from-file", "--db", db_url
@@ -276,23 +426,6 @@ def test_bad_import_is_a_usage_error_and_changes_nothing(tmp_path: Path) -> None
     with sqlite3.connect(db) as con:
         assert con.execute("select count(*) from runs").fetchone()[0] == 1
         assert con.execute("select count(*) from builds where name = 'bad'").fetchone()[0] == 0
-
-
-def test_per_model_thresholds_from_models_yaml_apply(tmp_path: Path) -> None:
-    db = str(tmp_path / "lb.sqlite")
-    for build, f in (("two-threads", "llama-bench-t2.json"), ("one-thread", "llama-bench-t1.jsonl")):
-        bench_cli("import", str(DATA / f), "--format", "llama-bench", "--build", build, "--db", db)
-    (tmp_path / "models.yaml").write_text(
-        "models:\n"
-        "  - {name: tiny-Q4_0, path: x.gguf, thresholds: {pp_ts: -60, tg_ts: -60}}\n"
-        "  - {name: tiny-F16, path: y.gguf}\n"
-        f"builds: [{{name: b, python: {PYTHON}}}]\n"
-        "gate: {thresholds: {pp_ts: -5, tg_ts: -3}}\n"
-    )
-    code, summary, _ = _gate(db, tmp_path, "two-threads", "one-thread")
-    assert code == 1
-    assert "tiny-Q4_0" not in summary.split("### Failures")[1].split("| model |")[0]
-    assert "**tiny-F16** `tg_ts`: REGRESSION" in summary
 
 
 def test_a_model_the_candidate_did_not_measure_fails_the_gate(tmp_path: Path) -> None:

@@ -167,6 +167,8 @@ def judge_gate(
         pair.append(builds[name])
 
     def add_round(models: list[str]) -> int:
+        from bench.machine import collect
+        from bench.runlock import lock_path, run_lock
         from bench.runner import run_matrix
 
         chosen = [m for m in cfg.models if m.name in models]
@@ -179,7 +181,10 @@ def judge_gate(
                 "suite": cfg.suite.model_copy(update={"repetitions": 2 * cfg.suite.repetitions}),
             }
         )
-        run_id = run_matrix(store, reduced, interleave=True, rounds=2, show_progress=False)
+        # one measurement on a machine at a time: a round measured beside another run would measure both
+        lock = run_lock(lock_path(collect().fingerprint), wait=True, what=f"bench gate --measure {candidate}")
+        with lock:
+            run_id = run_matrix(store, reduced, interleave=True, rounds=2, show_progress=False)
         added.append(run_id)
         return run_id
 
