@@ -143,6 +143,8 @@ class SuiteConfig(_Strict):
     n_gen: int = Field(default=128, ge=0, le=_TOKENS_MAX)
     repetitions: int = Field(default=5, ge=1, le=1000)
     warmup: int = Field(default=1, ge=0, le=100)
+    # loads per (build, model), each in a fresh process, so load time has samples to gate (1: reported, not gated)
+    load_repetitions: int = Field(default=1, ge=1, le=100)
     n_gpu_layers: int | Literal["all"] = Field(default="all", union_mode="left_to_right")
     n_batch: int = Field(default=2048, ge=1, le=_TOKENS_MAX)
     n_ubatch: int = Field(default=512, ge=1, le=_TOKENS_MAX)
