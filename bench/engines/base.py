@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -104,17 +105,45 @@ def _die_with_parent(runner_pid: int) -> Callable[[], None]:
 
 
 FileNamer = Callable[[str], str]  # an item file's name → the path the process opens it by
+# a name with this prefix is a file the process creates itself (KoboldCPP writes a CSV header only into a file
+# that does not exist yet): a real path in a private folder, removed after the item, or by the next runner
+NEW_FILE = "new:"
+
+
+def _sweep_folders_of_dead_runners() -> None:
+    for leftover in Path(tempfile.gettempdir()).glob("perfgate-*-*"):
+        pid = leftover.name.split("-")[1]
+        if pid.isdigit() and leftover.is_dir() and not _alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 def run_isolated(make: Callable[[FileNamer], ProcessSpec], timeout_s: float) -> ProcessOutcome:
     """Run one process in its own process group; kill the whole group past the timeout.
 
     The item's files (spec in, results out, the log) are unlinked temporary files handed to the process
-    as /dev/fd/N: nothing is ever on disk under a name, so a runner killed mid-item leaves nothing behind."""
+    as /dev/fd/N: nothing is ever on disk under a name, so a runner killed mid-item leaves nothing behind
+    (files a program must create itself, NEW_FILE names, live in a folder the next runner sweeps)."""
+    _sweep_folders_of_dead_runners()
     with contextlib.ExitStack() as stack:
         handles: dict[str, Any] = {}
+        folder: list[Path] = []
 
         def name_to_path(name: str) -> str:
+            if name.startswith(NEW_FILE):  # a program that must create the file itself gets a real path
+                if not folder:
+                    folder.append(Path(tempfile.mkdtemp(prefix=f"perfgate-{os.getpid()}-")))
+                    stack.callback(shutil.rmtree, folder[0], True)
+                return str(folder[0] / name.removeprefix(NEW_FILE))
             if name not in handles:
                 handles[name] = stack.enter_context(tempfile.TemporaryFile(prefix="perfgate-"))
             return f"/dev/fd/{handles[name].fileno()}"
@@ -127,6 +156,8 @@ def run_isolated(make: Callable[[FileNamer], ProcessSpec], timeout_s: float) -> 
             handles[name].seek(0)
         for name in spec.read:
             name_to_path(name)
+        if spec.stdout_file is not None and spec.stdout_file.startswith(NEW_FILE):
+            raise ValueError("stdout goes to an unlinked item file, not a new one")
         log_fh = stack.enter_context(tempfile.TemporaryFile(prefix="perfgate-log-"))
         stdout: Any = log_fh
         if spec.stdout_file is not None:
@@ -156,6 +187,10 @@ def run_isolated(make: Callable[[FileNamer], ProcessSpec], timeout_s: float) -> 
         log = log_fh.read().decode(errors="replace")
         files = {}
         for name in spec.read:
+            if name.startswith(NEW_FILE):
+                with contextlib.suppress(OSError):
+                    files[name] = Path(name_to_path(name)).read_text(errors="replace")
+                continue
             handles[name].seek(0)
             content = handles[name].read().decode(errors="replace")
             if content:  # an empty file: the process never wrote it

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.builds.identity import BuildIdentity
-from bench.engines.base import FileNamer, ItemSpec, Judge, ProcessOutcome, ProcessSpec, measurement_of
+from bench.engines.base import NEW_FILE, FileNamer, ItemSpec, Judge, ProcessOutcome, ProcessSpec, measurement_of
 from bench.engines.llama_bench import sha256_file as _sha256
 from bench.store.records import Measurement
 
+CSV = NEW_FILE + "bench.csv"  # KoboldCPP writes the header only into a file that does not exist yet
 GEN_TOKENS = 100  # --benchmark generates this many tokens whatever the context
 CONTEXT_HEADROOM = 100  # the prompt is contextsize minus this
 _FREE_TEXT = ("Output", "Coherent", "Flags")
@@ -105,7 +106,7 @@ class KoboldCpp:
 
     def processes(self, item: ItemSpec) -> list[Callable[[FileNamer], ProcessSpec]]:
         def make(path: FileNamer) -> ProcessSpec:
-            return ProcessSpec(self.argv(item, path("bench.csv")), self.env, read=("bench.csv",))
+            return ProcessSpec(self.argv(item, path(CSV)), self.env, read=(CSV,))
 
         return [make] * item.repetitions
 
@@ -115,7 +116,7 @@ class KoboldCpp:
         judged = []  # (diagnosis, outcome, wrote a row)
         info: dict[str, Any] = {}
         for i, outcome in enumerate(outcomes, 1):
-            rows = parse_csv_rows(outcome.files.get("bench.csv", "")) if outcome.returncode == 0 else []
+            rows = parse_csv_rows(outcome.files.get(CSV, "")) if outcome.returncode == 0 else []
             proof = "the --benchmark CSV has this process's row" if rows else None
             diag = judge(outcome, layers_total=(item.n_layer + 1) if item.n_layer else None, proof=proof)
             logs.append(f"--- process {i} of {len(outcomes)} (exit {outcome.returncode}) ---\n{outcome.log}")
