@@ -245,7 +245,7 @@ def test_comparison_pages_only_for_baseline_and_previous_nightly(browser: Browse
     assert run.locator("details pre.log").count() == 6
 
 
-def test_roofline_above_100_percent_is_flagged(site: Path, tmp_path: Path, db_url: str) -> None:
+def test_roofline_above_100_percent_is_flagged(site: Path) -> None:
     # the machine's bandwidth set absurdly low: every measured generation speed is "faster than memory"
     from bench.machine import collect
 
@@ -492,3 +492,29 @@ def test_wheel_installs_and_runs_every_command(
 def located_in(venv: Path) -> list[Path]:
     site_dir = next((venv / "lib").glob("python3*/site-packages"))
     return [site_dir / "bench" / "_migrations", site_dir / "bench" / "_templates"]
+
+
+def test_baseline_pattern_picks_the_newest_earlier_matching_build(tmp_path: Path, db_url: str) -> None:
+    rows = [
+        {
+            "run_id": night,
+            "build": build,
+            "model": "m",
+            "status": "ok",
+            "n_prompt": 512,
+            "n_gen": 128,
+            "samples_pp_ns": [5_120_000_000, 5_100_000_000],
+            "samples_tg_ns": [12_800_000_000, 12_700_000_000],
+            "machine_fingerprint": "f" * 16,
+            "machine": "runner-1",
+            "started_at": f"2026-01-0{night}T00:00:00",
+        }
+        for night, build in enumerate(["v1.0", "v1.1", "master-abc", "pr-7"], start=1)
+    ]
+    src = tmp_path / "nights.json"
+    src.write_text(json.dumps(rows))
+    assert bench_cli("import", str(src), "--format", "perfgate", "--db", db_url).returncode == 0
+    with open_store(db_url) as store:
+        build_site(store, tmp_path / "site", None, DashboardConfig(baseline_pattern="v*"))
+    shown = json.loads((tmp_path / "site" / "data" / "overview.json").read_text())["machines"][0]
+    assert [(c["candidate"]["build"], c["baseline"]["build"]) for c in shown["comparisons"]] == [("pr-7", "v1.1")]
