@@ -23,7 +23,7 @@ from bench.compare import Comparison
 from bench.config import GateConfig
 from bench.metrics import METRICS, Status
 from bench.render import missing
-from bench.sequential import Decision, Outcome, decide, worst
+from bench.sequential import MIN_PAIRS, Decision, Outcome, decide, worst
 
 EXIT_CODES = {Outcome.PASS: 0, Outcome.FAIL: 1, Outcome.INCONCLUSIVE: 3}
 # peak memory repeats to within a fraction of a percent: one value a side is judged on the threshold alone
@@ -150,6 +150,19 @@ def _judge(model: str, metric: str, row: Any, threshold: float, alpha: float, pe
         )
     if spec.samples_column is None and n_base == 1 and n_cand == 1:
         return _judge_single(model, metric, row, threshold)
+    if spec.samples_column is None and metric not in EXACT_METRICS and int(row.n_pairs) < MIN_PAIRS:
+        # a load time per result: gated once enough loads pair up (added rounds, suite.load_repetitions)
+        ratio = float(row.ratio)
+        return Check(
+            model,
+            metric,
+            Outcome.REPORTED,
+            f"{(ratio - 1) * 100:+.1f}% (ratio {ratio:.3f}, {int(row.n_pairs)} loads a side): reported, "
+            f"not gated below {MIN_PAIRS} process pairs",
+            ratio,
+            (ratio - 1) * 100,
+            threshold,
+        )
     d = decide(np.asarray(row.log_ratios, dtype=float), threshold, spec.higher_is_better, alpha)
     return _sequential_check(model, metric, d, threshold, alpha, per_round)
 
