@@ -544,8 +544,7 @@ def _work(item: tuple[str, Any]) -> tuple[str, Any]:
     kind, arg = item
     if kind == "compare":
         pair, key = arg
-        b.compare_page(pair, b.verdict(pair), key)
-        result: Any = None
+        result: Any = (b.pair_rel(pair), pair.kind, b.compare_page(pair, b.verdict(pair), key))
     elif kind == "run":
         run_id, res, key, links = arg
         b.run_page(run_id, res, key, links)
@@ -633,11 +632,9 @@ def _build(b: Builder) -> int:
     need = {i for p, _ in todo for i in (*p.baseline_ids, *p.candidate_ids)}
     need |= {int(i) for r in run_todo for i in by_run[r]["result_id"]}
     b.load_samples(need)
-    for pair, key in todo:
-        if pair.kind == "baseline":
-            overview_of[b.pair_rel(pair)] = b.compare_page(pair, b.verdict(pair), key)
     nightly_rel = {(p.machine_fingerprint, p.candidate_runs[0], p.candidate): b.pair_rel(p) for p in night_pairs}
-    work: list[tuple[str, Any]] = [("compare", (p, k)) for p, k in todo if p.kind == "nightly"]
+    # the comparisons first: they cost the most, and a pool that starts with them ends evenly
+    work: list[tuple[str, Any]] = [("compare", (p, k)) for p, k in todo]
     if run_todo:
         assert b.samples is not None
         frame = b.samples[b.samples["run_id"].isin(run_todo)].reset_index(drop=True)
@@ -658,7 +655,11 @@ def _build(b: Builder) -> int:
     work += [
         ("history", (str(fp), str(m), g)) for (fp, m), g in res.groupby(["machine_fingerprint", "model"], sort=False)
     ]
-    entries = [result for kind, (result, *_) in _in_parallel(b, work) if kind == "history"]
+    outcomes = _in_parallel(b, work)
+    entries = [result for kind, (result, *_) in outcomes if kind == "history"]
+    for kind, (result, *_) in outcomes:
+        if kind == "compare" and result[1] == "baseline":
+            overview_of[result[0]] = result[2]
     _history_index(b, entries)
     _overview(b, base_pairs, overview_of, entries)
     return out.written
