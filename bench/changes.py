@@ -12,6 +12,11 @@ serves a GPU's 0.3 % noise and a busy CPU's 10 %. A shift is kept when both side
 the medians differ by at least `min_shift_pct`. Only `ok` results carry a series; every change of load
 status between successive runs (ok → crashed, crashed → ok) is a change point of its own.
 `benchmarks/changes_calibration.py` measures the false-change and detection rates of these settings.
+
+On a machine whose speed drifts with what else runs on it, a line's own figures move with the machine.
+`reference=BUILD` divides each run's figure by that of a fixed build measured in the same run (Chromium's
+perf bots run a reference build beside tip of tree for the same reason); such change points are stored
+apart from those of the lines' own figures.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import pandas as pd
 import ruptures
 from sqlalchemy.orm import Session
 
+from bench.errors import StoreError
 from bench.metrics import METRICS, Status
 from bench.store.changes import series_frame, store_changes
 
@@ -125,21 +131,53 @@ class DetectedChange:
     status_before: str
     status_after: str
     run_at: datetime | None  # when the first run after the change finished
+    reference: str | None = None  # values are ratios to this build, measured in the same runs
 
 
-def detect(points: pd.DataFrame, settings: DetectorSettings = DetectorSettings()) -> list[DetectedChange]:
-    """Every change point of every build line in `points` (rows in POINT_COLUMNS, any order)."""
+def detect(
+    points: pd.DataFrame, settings: DetectorSettings = DetectorSettings(), *, reference: str | None = None
+) -> list[DetectedChange]:
+    """Every change point of every build line in `points` (rows in POINT_COLUMNS, any order).
+
+    With a `reference` build, a line's figure in a run is its ratio to the reference's figure in the same
+    run (as Chromium's perf bots run a pinned reference build beside tip of tree): what the machine did
+    that night cancels, what the build did stays. Runs where the reference did not load carry no figure."""
     found: list[DetectedChange] = []
-    for _, line in points.sort_values(["run_at", "run_id"], kind="stable").groupby(LINE_KEY, sort=True):
+    references = _reference_figures(points, reference)
+    for (_, build, _), line in points.sort_values(["run_at", "run_id"], kind="stable").groupby(LINE_KEY, sort=True):
         rows = line.to_dict("records")
         for i in find_status_changes([r["status"] for r in rows]):
-            found.append(_change(rows[i - 1], rows[i], "status", "status", None, None, None))
+            found.append(_change(rows[i - 1], rows[i], "status", None, reference))
+        if build == reference:
+            continue
         ok = [r for r in rows if r["status"] == Status.OK]
         for metric in METRICS:
-            usable = [r for r in ok if _positive(r[metric])]
-            for s in find_shifts([float(r[metric]) for r in usable], settings):
-                found.append(_change(usable[s.index - 1], usable[s.index], metric, "shift", s.before, s.after, s))
+            usable, figures = [], []
+            for r in ok:
+                base = (
+                    1.0
+                    if reference is None
+                    else references.get((r["machine_fingerprint"], r["model"], r["run_id"], metric))
+                )
+                if base is not None and _positive(r[metric]):
+                    usable.append(r)
+                    figures.append(float(r[metric]) / base)
+            for s in find_shifts(figures, settings):
+                found.append(_change(usable[s.index - 1], usable[s.index], metric, s, reference))
     return found
+
+
+def _reference_figures(points: pd.DataFrame, reference: str | None) -> dict[tuple[str, str, int, str], float]:
+    """(machine, model, run, metric) → the reference build's figure there, where it loaded."""
+    if reference is None:
+        return {}
+    ref = points[(points["build"] == reference) & (points["status"] == Status.OK)]
+    return {
+        (r["machine_fingerprint"], r["model"], int(r["run_id"]), metric): float(r[metric])
+        for r in ref.to_dict("records")
+        for metric in METRICS
+        if _positive(r[metric])
+    }
 
 
 def refresh(
@@ -147,13 +185,16 @@ def refresh(
     *,
     machine: str | None = None,
     model: str | None = None,
+    reference: str | None = None,
     settings: DetectorSettings = DetectorSettings(),
 ) -> int:
     """Detect the change points of every build line (of a machine, of a model) and store them; returns how
     many are new. Safe to repeat: the table then already holds exactly what is found."""
     points = series_frame(session, machine=machine, model=model)
+    if reference is not None and reference not in set(points["build"]):
+        raise StoreError(f"--reference: no results of build {reference!r} in the store")
     lines = [tuple(key) for key in points[LINE_KEY].drop_duplicates().itertuples(index=False)]
-    return store_changes(session, lines, detect(points, settings))
+    return store_changes(session, lines, detect(points, settings, reference=reference), reference)
 
 
 def _positive(value: Any) -> bool:
@@ -161,30 +202,26 @@ def _positive(value: Any) -> bool:
 
 
 def _change(
-    before: dict[str, Any],
-    after: dict[str, Any],
-    metric: str,
-    kind: str,
-    value_before: float | None,
-    value_after: float | None,
-    shift: Shift | None,
+    before: dict[str, Any], after: dict[str, Any], metric: str | None, shift: Shift | None, reference: str | None
 ) -> DetectedChange:
+    """A status change (metric None) or a shift of `metric` between two successive points of a line."""
     return DetectedChange(
         machine_fingerprint=after["machine_fingerprint"],
         build=after["build"],
         model=after["model"],
-        metric=metric,
-        kind=kind,
+        metric=metric or "status",
+        kind="status" if shift is None else "shift",
         run_before=int(before["run_id"]),
         run_after=int(after["run_id"]),
         build_id_before=int(before["build_id"]),
         build_id_after=int(after["build_id"]),
         commit_before=before["commit"],
         commit_after=after["commit"],
-        value_before=value_before,
-        value_after=value_after,
+        value_before=None if shift is None else shift.before,
+        value_after=None if shift is None else shift.after,
         shift_pct=None if shift is None else shift.shift_pct,
         status_before=before["status"],
         status_after=after["status"],
         run_at=after["run_at"],
+        reference=reference,
     )

@@ -21,6 +21,8 @@ def _display(frame: pd.DataFrame) -> pd.DataFrame:
     def change(r: pd.Series) -> str:
         if r["kind"] == "status":
             return f"{r['status_before']} → {r['status_after']}"
+        if not render.missing(r["reference"]):
+            return f"{r['shift_pct']:+.1f} % (×{r['value_before']:.3f} → ×{r['value_after']:.3f} of {r['reference']})"
         before, after = (
             render.fmt_metric(r["metric"], r["value_before"]),
             render.fmt_metric(r["metric"], r["value_after"]),
@@ -53,6 +55,10 @@ def changes_cmd(
     machine: Annotated[str | None, typer.Option(help="hostname or machine fingerprint")] = None,
     model: Annotated[str | None, typer.Option(help="model name")] = None,
     metric: Annotated[str | None, typer.Option(help="|".join(METRIC_NAMES))] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option(help="a build measured in the same runs: series are ratios to it (machine drift cancels)"),
+    ] = None,
     new: Annotated[bool, typer.Option("--new", help="only change points not listed by --new before")] = False,
     db: DbOption = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table|json")] = "table",
@@ -66,8 +72,10 @@ def changes_cmd(
         raise ConfigError(f"--metric: expected one of {', '.join(METRIC_NAMES)}, got {metric!r}")
     # an existing store only (it gains its change points); a mistyped --db must not create one
     with open_store(db, write=False) as store, store.session() as session:
-        refresh(session, machine=machine, model=model)
-        frame = change_points_frame(session, machine=machine, model=model, metric=metric, new_only=new)
+        refresh(session, machine=machine, model=model, reference=reference)
+        frame = change_points_frame(
+            session, machine=machine, model=model, metric=metric, reference=reference, new_only=new
+        )
         if new:
             mark_reported(session, frame["id"])
     if fmt == "json":

@@ -22,6 +22,7 @@ CHANGE_COLUMNS = [
     "build",
     "metric",
     "kind",
+    "reference",
     "build_before",
     "build_after",
     "commit_before",
@@ -102,11 +103,14 @@ def series_frame(session: Session, *, machine: str | None = None, model: str | N
     return frame.drop(columns="details")
 
 
-def store_changes(session: Session, lines: Iterable[tuple[str, str, str]], found: Iterable[Any]) -> int:
-    """Make the stored change points of `lines` (machine fingerprint, build, model) exactly `found`
-    (bench.changes.DetectedChange records); keep when each was first detected and reported. Returns how
-    many were new. Idempotent: a second call with the same series changes nothing."""
+def store_changes(
+    session: Session, lines: Iterable[tuple[str, str, str]], found: Iterable[Any], reference: str | None = None
+) -> int:
+    """Make the stored change points of `lines` (machine fingerprint, build, model), found against
+    `reference`, exactly `found` (bench.changes.DetectedChange records); keep when each was first detected
+    and reported. Returns how many were new. Idempotent: a second call with the same series changes nothing."""
     machine_ids = dict(session.execute(select(Machine.fingerprint, Machine.id)).all())
+    ref = reference or ""
     wanted = {(machine_ids[c.machine_fingerprint], c.build, c.model, c.metric, c.run_after): c for c in found}
     new = 0
     for fingerprint, build, model in lines:
@@ -115,6 +119,7 @@ def store_changes(session: Session, lines: Iterable[tuple[str, str, str]], found
                 ChangePoint.machine_id == machine_ids[fingerprint],
                 ChangePoint.build_name == build,
                 ChangePoint.model_name == model,
+                ChangePoint.reference == ref,
             )
         ).all()
         have = {(p.machine_id, p.build_name, p.model_name, p.metric, p.run_after_id): p for p in stored}
@@ -127,7 +132,12 @@ def store_changes(session: Session, lines: Iterable[tuple[str, str, str]], found
             point = have.get(key)
             if point is None:
                 point = ChangePoint(
-                    machine_id=key[0], build_name=build, model_name=model, metric=change.metric, run_after_id=key[4]
+                    machine_id=key[0],
+                    build_name=build,
+                    model_name=model,
+                    metric=change.metric,
+                    run_after_id=key[4],
+                    reference=ref,
                 )
                 session.add(point)
                 new += 1
@@ -149,12 +159,14 @@ def change_points_frame(
     machine: str | None = None,
     model: str | None = None,
     metric: str | None = None,
+    reference: str | None = None,
     new_only: bool = False,
 ) -> pd.DataFrame:
     """The stored change points, newest run first, in CHANGE_COLUMNS.
 
     `metric` keeps that metric's shifts and every status change (a load failure changes every metric);
-    `new_only` keeps those `bench changes --new` has not listed yet."""
+    `reference` picks those found in figures relative to that build (None: in each line's own figures;
+    their values are then ratios); `new_only` keeps those `bench changes --new` has not listed yet."""
     before, after = aliased(Build), aliased(Build)
     run_after = aliased(Run)
     stmt = (
@@ -187,6 +199,7 @@ def change_points_frame(
         .join(before, ChangePoint.build_before_id == before.id)
         .join(after, ChangePoint.build_after_id == after.id)
         .join(run_after, ChangePoint.run_after_id == run_after.id)
+        .where(ChangePoint.reference == (reference or ""))
         .order_by(ChangePoint.run_after_id.desc(), ChangePoint.model_name, ChangePoint.build_name, ChangePoint.metric)
     )
     fingerprints = machine_fingerprints(session, machine)
@@ -206,7 +219,7 @@ def change_points_frame(
         regression = st_a != "ok" if kind == "status" else METRICS[metric_name].worse(shift, 0.0)
         rows.append(
             (
-                *(pid, fp, host, model_name, build, metric_name, kind),
+                *(pid, fp, host, model_name, build, metric_name, kind, reference),
                 *(build_label(b_name, b_sha, commit_b), build_label(a_name, a_sha, commit_a), commit_b, commit_a),
                 *(run_b, run_a, run_at, v_b, v_a, shift, st_b, st_a, regression, detected, reported),
             )

@@ -164,13 +164,17 @@ class ChangePoint(Base):
     a metric (kind "shift") or of load status (kind "status", metric "status"). Written by bench.changes."""
 
     __tablename__ = "change_points"
-    __table_args__ = (UniqueConstraint("machine_id", "build_name", "model_name", "metric", "run_after_id"),)
+    __table_args__ = (
+        UniqueConstraint("machine_id", "build_name", "model_name", "metric", "run_after_id", "reference"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     machine_id: Mapped[int] = mapped_column(Integer, ForeignKey("machines.id"))
     build_name: Mapped[str] = mapped_column(String(255))
     model_name: Mapped[str] = mapped_column(String(255))
     metric: Mapped[str] = mapped_column(String(32))
     kind: Mapped[str] = mapped_column(String(16))
+    # "" for a line's own figures, else the build its figures were divided by (run by run)
+    reference: Mapped[str] = mapped_column(String(255), default="", server_default="")
     run_before_id: Mapped[int] = mapped_column(Integer, ForeignKey("runs.id"))
     run_after_id: Mapped[int] = mapped_column(Integer, ForeignKey("runs.id"))
     build_before_id: Mapped[int] = mapped_column(Integer, ForeignKey("builds.id"))

@@ -24,6 +24,7 @@ def upgrade() -> None:
         sa.Column("model_name", sa.String(length=255), nullable=False),
         sa.Column("metric", sa.String(length=32), nullable=False),
         sa.Column("kind", sa.String(length=16), nullable=False),
+        sa.Column("reference", sa.String(length=255), server_default="", nullable=False),
         sa.Column("run_before_id", sa.Integer(), nullable=False),
         sa.Column("run_after_id", sa.Integer(), nullable=False),
         sa.Column("build_before_id", sa.Integer(), nullable=False),
@@ -41,7 +42,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["build_before_id"], ["builds.id"]),
         sa.ForeignKeyConstraint(["build_after_id"], ["builds.id"]),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("machine_id", "build_name", "model_name", "metric", "run_after_id"),
+        sa.UniqueConstraint("machine_id", "build_name", "model_name", "metric", "run_after_id", "reference"),
     )
 
 
