@@ -60,6 +60,7 @@ def identity() -> dict[str, Any]:
         "lib_sha256": _file_sha256(lib_path),
         "ggml_sha256": ggml_digest.hexdigest() if ggml_libs else None,
         "supports_gpu_offload": bool(llama_cpp.llama_supports_gpu_offload()),
+        "api": _Api().generation(),
         "python": sys.executable,
     }
 

@@ -26,10 +26,10 @@ sys.path.insert(0, str(REPO))
 from bench.builds.cache import ensure_built  # noqa: E402
 from bench.builds.compile import ccache  # noqa: E402
 from bench.config import load_config  # noqa: E402
+from tests.test_builds import copy_vendored  # noqa: E402
 
 CMAKE_ARGS = ["-DGGML_NATIVE=OFF", "-DLLAMA_NATIVE=OFF", "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF"]
 CMAKE_ARGS.append("-DLLAMA_BUILD_SERVER=OFF")
-VENDORED = REPO / ".cache" / "llama_cpp_python-0.3.36" / "vendor" / "llama.cpp"
 
 
 def _config(folder: Path, cache: Path, builds: list[dict[str, object]]) -> Path:
@@ -78,7 +78,7 @@ def main() -> None:
             print("ccache not installed: no rebuild figure")
             return
         repo = work / "repo"
-        shutil.copytree(VENDORED, repo, ignore=shutil.ignore_patterns(".git", "models", "docs", "media"))
+        copy_vendored(repo)
         _git(repo, "init", "-q")
         _git(repo, "add", "-A")
         _git(repo, "commit", "-qm", "A")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +15,9 @@ import pytest
 import yaml
 
 from bench.bisection import Commit, Mark, Step, search
-from tests.conftest import REPO, bench_cli
-from tests.test_builds import CMAKE_ARGS
+from tests.conftest import bench_cli
+from tests.test_builds import CMAKE_ARGS, copy_vendored
 
-VENDORED = REPO / ".cache" / "llama_cpp_python-0.3.36" / "vendor" / "llama.cpp"
 SPIN = (
     "    { volatile unsigned long perfgate_spin = 0;  /* test: a real slowdown per graph */\n"
     "      for (unsigned long i = 0; i < 3000000UL; i++) perfgate_spin += i; }\n"
@@ -41,7 +39,7 @@ def _commit(repo: Path, message: str) -> str:
 @pytest.fixture(scope="module")
 def history(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     repo = tmp_path_factory.mktemp("bisect") / "llama.cpp"
-    shutil.copytree(VENDORED, repo, ignore=shutil.ignore_patterns(".git", "models", "docs", "media"))
+    copy_vendored(repo)
     _git(repo, "init", "-q", "-b", "master")
     shas = {"good": _commit(repo, "base")}
     readme = repo / "README.md"

@@ -36,6 +36,16 @@ VENDORED = REPO / ".cache" / "llama_cpp_python-0.3.36" / "vendor" / "llama.cpp"
 KOBOLD = REPO / "tests" / "koboldcpp"
 
 
+def copy_vendored(dest: Path) -> Path:
+    """The vendored llama.cpp without its .git file and the folders a build never reads (top level only:
+    tools/mtmd has a models/ of its own)."""
+    skip = {".git", "models", "docs", "media"}
+    shutil.copytree(
+        VENDORED, dest, ignore=lambda folder, entries: {e for e in entries if e in skip and Path(folder) == VENDORED}
+    )
+    return dest
+
+
 def _git(repo: Path, *args: str) -> str:
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t"}
     env["GIT_COMMITTER_EMAIL"] = "t@t"
@@ -47,7 +57,7 @@ def llama_repo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A git repository made from the vendored llama.cpp, with the seed's stale-file mechanism in one commit."""
     assert (VENDORED / "CMakeLists.txt").exists(), "run `make vendor` first"
     repo = tmp_path_factory.mktemp("llama") / "llama.cpp"
-    shutil.copytree(VENDORED, repo, ignore=shutil.ignore_patterns(".git", "models", "docs", "media"))
+    copy_vendored(repo)
     _git(repo, "init", "-q", "-b", "master")
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "base")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 from pathlib import Path
@@ -12,6 +13,7 @@ import yaml
 
 from bench.builds.cache import ensure_built
 from bench.config import load_config
+from bench.engines.llama_bench import LIBRARY_PATH
 from tests.conftest import bench_cli
 from tests.test_builds import CMAKE_ARGS
 
@@ -53,6 +55,7 @@ def _bench(binary: Path, model: Path, *args: str) -> str:
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, LIBRARY_PATH: str(binary.parent)},  # a cached build keeps its libraries beside it
     )
     return proc.stdout
 

@@ -120,7 +120,6 @@ class LlamaCppPython:
                 "rss_peak_bytes": r.get("rss_peak_bytes"),
                 "gpu_used_bytes": r.get("gpu_used_bytes"),
             },
-            engine_info={"api": r.get("api")} if r.get("api") else {},
         )
 
 
