@@ -93,7 +93,7 @@ def results_table(frame: pd.DataFrame, title: str) -> Table:
             str(r.model),
             str(r.status),
             layers,
-            str(r.backend or "–"),
+            "–" if missing(r.backend) else str(r.backend),
             f"{r.load_s:.2f}" if pd.notna(r.load_s) else "–",
             fmt_ts(r.pp_ts, r.pp_ts_std),
             fmt_ts(r.tg_ts, r.tg_ts_std),
