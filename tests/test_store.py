@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 from alembic import command
+from alembic.script import ScriptDirectory
 from sqlalchemy import func, inspect, select, text
 
 from bench.machine import MachineInfo
-from bench.store.db import _alembic_config, head_revisions, open_store
+from bench.store.db import _alembic_config, head_revisions, known_revisions, open_store
 from bench.store.models import Machine, Model, Result, Run
 from bench.store.records import upsert_machine, upsert_model
 from tests.conftest import PYTHON, bench_cli
@@ -229,6 +230,12 @@ def test_upserts_in_one_session_return_the_same_rows(db_url: str) -> None:
         session.commit()
         assert a.id == b.id and b.path == "/b" and b.file_bytes == 10 and b.details == {"k": 1, "j": 2}
         assert session.scalar(select(func.count()).select_from(Machine)) == 1
+
+
+def test_revisions_read_from_the_files_are_alembics() -> None:
+    scripts = ScriptDirectory.from_config(_alembic_config("sqlite://"))
+    assert head_revisions() == set(scripts.get_heads())
+    assert known_revisions() == {r.revision for r in scripts.walk_revisions()}
 
 
 def test_db_upgrade_is_idempotent_and_reports_the_heads(db_url: str) -> None:

@@ -6,17 +6,16 @@ perfgate's is never changed; one at a schema this perfgate does not know is refu
 
 from __future__ import annotations
 
+import ast
+import functools
 import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, ExceptionContext, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError
@@ -25,6 +24,9 @@ from sqlalchemy.pool import NullPool
 
 from bench.errors import StoreError
 from bench.package_data import data_dir
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 DEFAULT_DB = "sqlite:///db/perfgate.sqlite"
 MIGRATIONS = data_dir("bench._migrations", "db")  # inside a wheel, or beside the package in a checkout
@@ -110,19 +112,41 @@ def make_engine(url: str, *, create: bool = True, poolclass: Any = None) -> Engi
 
 
 def _alembic_config(url: str) -> AlembicConfig:
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return cfg
 
 
+@functools.cache
+def _revision_graph() -> dict[str, frozenset[str]]:
+    """revision → the revisions it follows, read from the migration files without running them.
+
+    Every command checks the schema before it starts: Alembic's ScriptDirectory imports each migration
+    (most of a second); only a migration itself needs Alembic. tests/test_store.py holds the two equal."""
+    graph: dict[str, frozenset[str]] = {}
+    for path in sorted((MIGRATIONS / "versions").glob("*.py")):
+        found: dict[str, Any] = {}
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
+            if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
+                found[target.id] = ast.literal_eval(node.value)  # type: ignore[attr-defined]
+        if isinstance(found.get("revision"), str):
+            down = found.get("down_revision")
+            graph[found["revision"]] = frozenset([down] if isinstance(down, str) else down or ())
+    return graph
+
+
 def head_revisions() -> frozenset[str]:
     # migrations of independent features may branch from one revision: every head is applied
-    return frozenset(ScriptDirectory.from_config(_alembic_config("sqlite://")).get_heads())
+    graph = _revision_graph()
+    return frozenset(graph) - frozenset().union(*graph.values())
 
 
 def known_revisions() -> frozenset[str]:
-    return frozenset(r.revision for r in ScriptDirectory.from_config(_alembic_config("sqlite://")).walk_revisions())
+    return frozenset(_revision_graph())
 
 
 @dataclass(frozen=True)
@@ -220,6 +244,8 @@ def upgrade(engine: Engine) -> bool:
             if state.current:
                 conn.rollback()
                 return False
+            from alembic import command
+
             cfg = _alembic_config(url)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "heads")
