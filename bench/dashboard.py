@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from bench.config import DashboardConfig, GateConfig
 from bench.site.pages import SiteReport, build
 from bench.store.db import Store
@@ -22,10 +20,7 @@ def build_site(
     out: Path,
     gate: GateConfig | None = None,
     settings: DashboardConfig | None = None,
-    *,
-    changes: pd.DataFrame | None = None,
 ) -> SiteReport:
-    """Write (or bring up to date) the site in `out`. `changes`: change points to mark instead of the
-    store's own (bench.store.changes), for callers that detected them elsewhere."""
+    """Write (or bring up to date) the site in `out`."""
     with store.session() as session:
-        return build(session, out, gate or GateConfig(), settings or DashboardConfig(), changes)
+        return build(session, out, gate or GateConfig(), settings or DashboardConfig())

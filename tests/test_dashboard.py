@@ -24,7 +24,7 @@ from bench.errors import ConfigError
 from bench.runner import run_matrix
 from bench.site.output import MARKER
 from bench.store.db import open_store
-from bench.store.models import Result
+from bench.store.models import Build, ChangePoint, Machine, Result
 from bench.store.queries import results_frame
 from bench.store.standing import standing
 from tests.conftest import PYTHON, REPO, bench_cli
@@ -59,28 +59,33 @@ def _shot(page: Page, tmp_path: Path, name: str) -> None:
     page.screenshot(path=str(folder / name), full_page=True)
 
 
-def _change_points(db_url: str) -> pd.DataFrame:
-    """One shift in tg_ts of tiny-q4 between run 1 and run 2 on this machine: the test's own data, handed to
-    the site as the change-point detector's table would be."""
+def _store_change_point(db_url: str) -> None:
+    """One shift in tg_ts of tiny-q4's baseline line between run 1 and run 2: the test's own data, written
+    through the store as the change-point detector writes it (bench.store.changes reads it back)."""
     with open_store(db_url) as store, store.session() as session:
         res = results_frame(session, with_samples=False)
-    row = res[(res["model"] == "tiny-q4") & (res["build"] == "baseline")].sort_values("run_id")
-    return pd.DataFrame(
-        [
-            {
-                "machine_fingerprint": row["machine_fingerprint"].iloc[0],
-                "model": "tiny-q4",
-                "metric": "tg_ts",
-                "build_before": "baseline",
-                "build_after": "baseline",
-                "run_before": int(row["run_id"].iloc[0]),
-                "run_after": int(row["run_id"].iloc[-1]),
-                "shift_pct": -12.5,
-                "kind": "shift",
-                "detected_at": None,
-            }
-        ]
-    )
+        line = res[(res["model"] == "tiny-q4") & (res["build"] == "baseline")].sort_values("run_id")
+        machine = session.query(Machine).filter_by(fingerprint=line["machine_fingerprint"].iloc[0]).one()
+        build = session.query(Build).filter_by(name="baseline").one()
+        session.add(
+            ChangePoint(
+                machine_id=machine.id,
+                build_name="baseline",
+                model_name="tiny-q4",
+                metric="tg_ts",
+                kind="shift",
+                run_before_id=int(line["run_id"].iloc[0]),
+                run_after_id=int(line["run_id"].iloc[-1]),
+                build_before_id=build.id,
+                build_after_id=build.id,
+                value_before=100.0,
+                value_after=87.5,
+                shift_pct=-12.5,
+                status_before="ok",
+                status_after="ok",
+            )
+        )
+        session.commit()
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +115,9 @@ def site(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Path:
     with open_store(db_url) as store:
         run_matrix(store, cfg, show_progress=False)
         run_matrix(store, cfg, show_progress=False)
-    changes = _change_points(db_url)
+    _store_change_point(db_url)
     with open_store(db_url) as store:
-        build_site(store, out, cfg.gate_settings(), cfg.dashboard, changes=changes)
+        build_site(store, out, cfg.gate_settings(), cfg.dashboard)
     return out
 
 

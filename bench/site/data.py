@@ -92,14 +92,12 @@ def ci95(mean_std_n: pd.DataFrame, metric: str) -> pd.Series:
     return pd.Series(np.where(n.to_numpy() > 1, half, np.nan), index=mean_std_n.index)
 
 
-def load(
-    session: Session, settings: DashboardConfig, gate: GateConfig, changes: pd.DataFrame | None = None
-) -> SiteData:
+def load(session: Session, settings: DashboardConfig, gate: GateConfig) -> SiteData:
     results = results_frame(session, with_samples=False)
     runs = runs_frame(session)
     machines = machines_frame(session)
     builds = builds_frame(session)
-    changes = change_points(session) if changes is None else changes
+    changes = change_points(session)
     run_started = dict(zip(runs["run_id"].tolist(), pd.to_datetime(runs["started_at"]).tolist(), strict=True))
     results["run_started"] = results["run_id"].map(run_started)
     # each machine's axis: its runs in the order they started (a nightly is a position, not a date)

@@ -580,12 +580,11 @@ def build(
     out_dir: Path,
     gate: GateConfig,
     settings: DashboardConfig,
-    changes: pd.DataFrame | None = None,
 ) -> SiteReport:
     start = time.perf_counter()
     out = SiteOutput(out_dir)
     try:
-        data = site_data.load(session, settings, gate, changes)
+        data = site_data.load(session, settings, gate)
         builder = Builder(session, data, out)
         written = _build(builder)
         path = out.commit()
