@@ -41,15 +41,39 @@ def _id_of(conn: Connection, table: Table, key: dict[str, Any]) -> int:
     return int(conn.execute(select(table.c.id).where(*(table.c[k] == v for k, v in key.items()))).scalar_one())
 
 
-def _ensure(conn: Connection, kind: str, row: Any, key: tuple[str, ...]) -> int:
-    table = _T[kind]
-    values = _values(table, row)
-    insert_if_absent(conn, table, list(key), values)
-    return _id_of(conn, table, {k: values[k] for k in key})
+def _ensure(conn: Connection, known: dict[tuple[str, int], int], kind: str, row: Any, key: tuple[str, ...]) -> int:
+    """The central id of a local machine/build/model row, inserted when absent; `known` remembers it for the
+    push's later runs (each run commits, so an id learnt once stays true)."""
+    if (kind, row.id) not in known:
+        table = _T[kind]
+        values = _values(table, row)
+        insert_if_absent(conn, table, list(key), values)
+        known[kind, row.id] = _id_of(conn, table, {k: values[k] for k in key})
+    return known[kind, row.id]
+
+
+def _insert_rows(conn: Connection, cls: Any, rows: list[dict[str, Any]]) -> None:
+    """Many rows into one table, inside the run's transaction. PostgreSQL: COPY (psycopg's executemany sends
+    the rows one by one); SQLite: the driver's executemany."""
+    if not rows:
+        return
+    table = _table(cls)
+    if conn.dialect.name != "postgresql":
+        conn.execute(insert(table), rows)
+        return
+    columns = list(rows[0])
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        with cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([row[c] for c in columns])
+    finally:
+        cursor.close()
 
 
 def copy_runs(local: Store, central: Store) -> PushReport:
     report = PushReport()
+    known: dict[tuple[str, int], int] = {}
     with local.engine.connect() as src:
         runs = src.execute(select(_table(Run)).order_by(Run.id)).all()
         for run in runs:
@@ -60,7 +84,7 @@ def copy_runs(local: Store, central: Store) -> PushReport:
                 if dst.execute(select(Run.id).where(Run.uuid == run.uuid)).first() is not None:
                     report.already.append(run.id)
                     continue
-                new_id = _copy_run(src, dst, run, report)
+                new_id = _copy_run(src, dst, run, report, known)
                 if new_id is None:  # another push of the same file got there first
                     report.already.append(run.id)
                 else:
@@ -68,7 +92,9 @@ def copy_runs(local: Store, central: Store) -> PushReport:
     return report
 
 
-def _copy_run(src: Connection, dst: Connection, run: Any, report: PushReport) -> int | None:
+def _copy_run(
+    src: Connection, dst: Connection, run: Any, report: PushReport, known: dict[tuple[str, int], int]
+) -> int | None:
     """One run with its results, samples and logs: a few statements, however many results it holds."""
     machine = src.execute(select(_table(Machine)).where(Machine.id == run.machine_id)).one()
     run_table = _table(Run)
@@ -76,7 +102,7 @@ def _copy_run(src: Connection, dst: Connection, run: Any, report: PushReport) ->
         dst,
         run_table,
         ["uuid"],
-        {**_values(run_table, run), "machine_id": _ensure(dst, "machine", machine, ("fingerprint",))},
+        {**_values(run_table, run), "machine_id": _ensure(dst, known, "machine", machine, ("fingerprint",))},
         returning=run_table.c.id,
     )
     if new_run_id is None:
@@ -85,11 +111,11 @@ def _copy_run(src: Connection, dst: Connection, run: Any, report: PushReport) ->
     if not results:
         return int(new_run_id)
     build_ids = {
-        b.id: _ensure(dst, "build", b, ("name", "identity_sha"))
+        b.id: _ensure(dst, known, "build", b, ("name", "identity_sha"))
         for b in src.execute(select(_table(Build)).where(Build.id.in_({r.build_id for r in results})))
     }
     model_ids = {
-        m.id: _ensure(dst, "model", m, ("name",))
+        m.id: _ensure(dst, known, "model", m, ("name",))
         for m in src.execute(select(_table(Model)).where(Model.id.in_({r.model_id for r in results})))
     }
     result_table = _table(Result)
@@ -113,14 +139,9 @@ def _copy_run(src: Connection, dst: Connection, run: Any, report: PushReport) ->
     samples = src.execute(
         select(Sample.result_id, Sample.test, Sample.seq, Sample.ns).where(Sample.result_id.in_(in_run))
     ).all()
-    if samples:
-        dst.execute(
-            insert(_table(Sample)),
-            [{"result_id": id_map[rid], "test": t, "seq": q, "ns": ns} for rid, t, q, ns in samples],
-        )
+    _insert_rows(dst, Sample, [{"result_id": id_map[r], "test": t, "seq": q, "ns": ns} for r, t, q, ns in samples])
     logs = src.execute(select(ResultLog.result_id, ResultLog.text).where(ResultLog.result_id.in_(in_run))).all()
-    if logs:
-        dst.execute(insert(_table(ResultLog)), [{"result_id": id_map[rid], "text": text} for rid, text in logs])
+    _insert_rows(dst, ResultLog, [{"result_id": id_map[r], "text": text} for r, text in logs])
     report.results += len(results)
     report.samples += len(samples)
     return int(new_run_id)
