@@ -7,7 +7,15 @@ keeps its warm-up-slow first repetition and its run-to-run spread). The pools:
 
 - gpu: the committed H100 ladder (benchmarks/results/gpu_ladder.json): per model (7B…70B) and test (pp,
   tg), the runs of the same sm_90 libllama (perfgate `good`, `fixed`, and llama-bench).
-- cpu (`--cpu-rounds N`): the tiny Q4_0 model measured here, N rounds of fresh worker processes.
+- committed CPU pools (benchmarks/results/gate_pools_cpu.json, measured for the gate's calibration): the
+  tiny Q4_0 model on this kind of shared 2-core machine, 1 and 2 threads, 120 fresh worker processes of
+  one build (A and B), 3 repetitions each; and B's round figure over A's in the same round (`-ref`, what
+  `--reference` divides by), drawn whole.
+- cpu (`--cpu-rounds N`): the tiny Q4_0 model measured here and now, N rounds of fresh worker processes.
+
+The committed CPU pools are also read in the order they were measured (B and A alternated, round by
+round): each build's own sequence of 60 rounds, and B's figures as ratios to A's of the same round (what
+`--reference` does), show what the machine's drift does to a real A/A series, with no resampling at all.
 
 A step multiplies every figure from its start on by (1 − step). "Found" means a slowdown reported within
 3 runs of the true start, once in the whole series and once when only 3 runs after the start exist (what
@@ -37,6 +45,7 @@ from bench.store.queries import results_frame
 from bench.synth import SynthSpec, synthesize
 
 LADDER = Path(__file__).with_name("results") / "gpu_ladder.json"
+GATE_POOLS = Path(__file__).with_name("results") / "gate_pools_cpu.json"
 TOLERANCE_RUNS = 3
 
 
@@ -67,6 +76,19 @@ def gpu_pools() -> list[Pool]:
     return pools
 
 
+def committed_cpu_pools() -> list[Pool]:
+    pools = []
+    for key, doc in json.loads(GATE_POOLS.read_text()).items():
+        reps = int(doc["reps_per_round"])
+        for test, n_tokens in (("pp", int(doc["n_prompt"])), ("tg", int(doc["n_gen"]))):
+            runs = [np.array(tokens_per_s(doc[b][test], n_tokens)).reshape(-1, reps) for b in ("A", "B")]
+            pools.append(Pool(f"CPU-{key} tiny-Q4_0 {test}", np.concatenate(runs)))
+            # B relative to A in the same round, as `--reference` sees a line: one figure per round
+            ratios = runs[1].mean(axis=1) / runs[0].mean(axis=1)
+            pools.append(Pool(f"CPU-{key}-ref tiny-Q4_0 {test}", ratios.reshape(-1, 1)))
+    return pools
+
+
 def cpu_pools(rounds: int, reps: int) -> list[Pool]:
     """The tiny model measured here: `rounds` fresh workers of one build, `reps` repetitions each."""
     with tempfile.TemporaryDirectory(prefix="changes-calibration-") as tmp:
@@ -86,8 +108,22 @@ def cpu_pools(rounds: int, reps: int) -> list[Pool]:
     for test, n_tokens in (("pp", int(row["n_prompt"])), ("tg", int(row["n_gen"]))):
         # round k's repetitions are stored as samples k·reps … (k+1)·reps − 1
         ts = np.array(tokens_per_s(list(row[f"samples_{test}_ns"]), n_tokens))
-        pools.append(Pool(f"CPU tiny-Q4_0 {test}", ts[: rounds * reps].reshape(rounds, reps)))
+        pools.append(Pool(f"CPU-here tiny-Q4_0 {test}", ts[: rounds * reps].reshape(rounds, reps)))
     return pools
+
+
+def time_ordered_a_a(settings: DetectorSettings) -> None:
+    """The committed CPU pools in measured order: A/A as it happened, own figures and B relative to A."""
+    for key, doc in json.loads(GATE_POOLS.read_text()).items():
+        reps = int(doc["reps_per_round"])
+        for test, n_tokens in (("pp", int(doc["n_prompt"])), ("tg", int(doc["n_gen"]))):
+            own = {b: np.array(tokens_per_s(doc[b][test], n_tokens)).reshape(-1, reps).mean(axis=1) for b in "AB"}
+            found = {b: len(find_shifts(own[b].tolist(), settings)) for b in "AB"}
+            relative = len(find_shifts((own["B"] / own["A"]).tolist(), settings))
+            print(
+                f"  {key} {test}: {len(own['A'])} rounds in measured order: changes in A's own figures "
+                f"{found['A']}, B's {found['B']}; in B relative to A (--reference): {relative}"
+            )
 
 
 @dataclass
@@ -137,14 +173,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     settings = DetectorSettings(args.min_size, args.penalty, args.min_shift_pct)
-    pools = gpu_pools() + (cpu_pools(args.cpu_rounds, args.reps) if args.cpu_rounds else [])
+    pools = gpu_pools() + committed_cpu_pools() + (cpu_pools(args.cpu_rounds, args.reps) if args.cpu_rounds else [])
     rng = np.random.default_rng(args.seed)
     print(
         f"detector: PELT, penalty {settings.penalty_per_log_n:g}·ln(n)·σ², min {settings.min_size} runs a side, "
         f"min shift {settings.min_shift_pct:g} %; series of {args.length} runs × {args.reps} repetitions; "
         f"step {args.step:.0%}, found = slowdown within {TOLERANCE_RUNS} runs of its start"
     )
-    header = f"{'pool':<24} {'runs':>4} {'run CV':>7} {'A/A false':>10} {'step found':>11} {'3 runs on':>10}"
+    header = f"{'pool':<28} {'runs':>4} {'run CV':>7} {'A/A false':>10} {'step found':>11} {'3 runs on':>10}"
     print(header)
     totals: dict[str, Rates] = {}
     for pool in pools:
@@ -152,12 +188,14 @@ def main() -> None:
         figures = pool.figures(rng, 2000, args.reps)
         cv = figures.std() / figures.mean()
         print(
-            f"{pool.name:<24} {len(pool.runs):>4} {cv:>7.2%} {r.false_changes / r.series:>10.2%} "
+            f"{pool.name:<28} {len(pool.runs):>4} {cv:>7.2%} {r.false_changes / r.series:>10.2%} "
             f"{r.found / r.series:>11.1%} {r.found_early / r.series:>10.1%}"
         )
         total = totals.setdefault(pool.name.split()[0], Rates())
         for field in ("series", "false_changes", "found", "found_early", "extra"):
             setattr(total, field, getattr(total, field) + getattr(r, field))
+    print("real A/A sequences, no resampling (each change reported here is a false one):")
+    time_ordered_a_a(settings)
     for family, t in totals.items():
         print(
             f"{family}: false changes in {t.false_changes} of {t.series} A/A series ({t.false_changes / t.series:.2%}, "
