@@ -23,7 +23,7 @@ from bench.compare import Comparison
 from bench.config import GateConfig
 from bench.metrics import METRICS, Status
 from bench.render import missing
-from bench.sequential import MIN_PAIRS, Decision, Outcome, decide, worst
+from bench.sequential import MIN_PAIRS, Decision, Outcome, decide, first_bounded, worst
 
 EXIT_CODES = {Outcome.PASS: 0, Outcome.FAIL: 1, Outcome.INCONCLUSIVE: 3}
 # peak memory repeats to within a fraction of a percent: one value a side is judged on the threshold alone
@@ -208,7 +208,7 @@ def _sequential_check(
     elif d.outcome is Outcome.PASS:
         message = f"{detail}: within threshold"
     else:
-        message = f"inconclusive: {detail}; {_needs(d, ev.n, per_round)}"
+        message = f"inconclusive: {detail}; {_needs(d, ev.n, per_round, alpha)}"
     low = None if math.isinf(ev.low) else math.exp(ev.low)
     high = None if math.isinf(ev.high) else math.exp(ev.high)
     return Check(
@@ -216,10 +216,12 @@ def _sequential_check(
     )
 
 
-def _needs(d: Decision, n: int, per_round: int | None) -> str:
+def _needs(d: Decision, n: int, per_round: int | None, alpha: float) -> str:
     ev = d.evidence
     if n < 2 or math.isnan(ev.sd):
-        return "needs more rounds: too few samples to estimate the noise"
+        more_pairs = max(first_bounded(alpha) - n, 1)
+        more = f"≥{math.ceil(more_pairs / per_round)} more rounds" if per_round else f"≥{more_pairs} more process pairs"
+        return f"needs {more} before the change can be bounded (too few process pairs to estimate the noise)"
     noise = f"at this noise (sd {_pct(ev.sd):.1f}% per process pair)"
     if d.pairs_needed is None:
         return f"the estimate sits on the threshold: no feasible number of rounds settles it {noise}"

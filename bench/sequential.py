@@ -89,6 +89,11 @@ def sign_rank_bound(n: int, alpha: float, a: float = SIGN_A) -> int:
     return int(kept[0]) if len(kept) else n // 2
 
 
+def first_bounded(alpha: float) -> int:
+    """The fewest paired samples at which the gate's sequences can bound a change at all."""
+    return next(n for n in range(MIN_PAIRS, 1000) if math.isfinite(halfwidth_factor(n, alpha / 2)))
+
+
 @dataclass(frozen=True)
 class Evidence:
     """What paired log ratios say about a change, in log units (exp() gives ratios)."""
