@@ -271,14 +271,17 @@ def to_json(verdict: Verdict, extra: dict[str, Any] | None = None) -> str:
         "pooled_runs": {"baseline": list(cmp.pooled_runs[0]), "candidate": list(cmp.pooled_runs[1])},
         "cross_machine": cmp.cross_machine,
         "mixed_settings": list(cmp.mixed_settings),
-        "checks": [{**asdict(c), "outcome": c.outcome.value} for c in verdict.checks],
+        "checks": [
+            {k: _finite(v) for k, v in {**asdict(c), "outcome": c.outcome.value}.items()} for c in verdict.checks
+        ],
         **(extra or {}),
     }
-    return json.dumps(payload, indent=1, allow_nan=False, default=_finite) + "\n"
+    return json.dumps(payload, indent=1, allow_nan=False, default=str) + "\n"
 
 
 def _finite(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else str(value)
+    """JSON has no NaN or infinity: an unbounded or unmeasured figure is null."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def junit(verdict: Verdict, path: Path) -> None:
