@@ -10,6 +10,7 @@ do not let a page fetch() files from file://, and a script file of the site's ow
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -51,12 +52,14 @@ class SiteReport:
     compare_s: float = 0.0  # of all processes' time, how much went to bench.compare and bench.gate
 
 
-def _code_version() -> str:
-    """Templates and the code that fills them: a change to either rewrites every page."""
+@functools.cache
+def _code_version(*modules: str) -> str:
+    """Templates, the code that fills them and `modules`: a change to any rewrites the pages that use it.
+    Read once per process, so an edit during a build cannot mix two versions in one site."""
     digest = hashlib.sha256()
     here = Path(__file__).resolve().parent
     sources = [*sorted(TEMPLATES.iterdir()), *sorted(here.glob("*.py"))]
-    sources += [here.parent / "compare.py", here.parent / "gate.py", here.parent / "metrics.py"]
+    sources += [here.parent / name for name in modules]
     for path in sources:
         if path.is_file():
             digest.update(path.name.encode() + path.read_bytes())
@@ -131,7 +134,9 @@ class Builder:
     def __init__(self, session: Session, data: SiteData, out: SiteOutput) -> None:
         self.session, self.data, self.out = session, data, out
         self.env = _env()
-        self.version = _code_version()
+        self.version = _code_version("metrics.py")
+        # comparison pages also show what bench.compare and bench.gate computed
+        self.verdict_version = _code_version("metrics.py", "compare.py", "gate.py")
         res = data.results
         self.rkey = dict(
             zip(
@@ -200,7 +205,7 @@ class Builder:
 
     def pair_key(self, pair: Pair) -> str:
         return content_key(
-            self.version,
+            self.verdict_version,
             asdict(pair),
             self.keys_of(pair.baseline_ids),
             self.keys_of(pair.candidate_ids),
