@@ -6,19 +6,15 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
 from bench import render
 from bench.cli.app import ConfigOption, DbOption, app, check_format, console
-from bench.config import DEFAULT_CONFIG, load_config, load_gate
+from bench.config import DEFAULT_CONFIG
 from bench.errors import ConfigError
-from bench.store.db import Store, open_store
-
-if TYPE_CHECKING:
-    from bench.gate import Verdict
-    from bench.sequential import Look
+from bench.store.db import open_store
 
 
 @app.command("compare")
@@ -86,12 +82,13 @@ def gate_cmd(
 ) -> None:
     """Release verdict: exit 0 pass, 1 fail (regression shown), 3 inconclusive (not shown either way), 2 usage error."""
     from bench.gate import junit, markdown, to_json, write_step_summary
+    from bench.sequential import gate_until_sure
 
     check_format(fmt, ("markdown", "json"))
     if budget_s < 0 or not math.isfinite(budget_s):
         raise ConfigError(f"--budget-s: expected a number of seconds ≥ 0, got {budget_s}")
     with open_store(db, write=measure) as store:
-        verdict, looks = judge_gate(
+        verdict, looks = gate_until_sure(
             store,
             baseline,
             candidate,
@@ -119,76 +116,6 @@ def gate_cmd(
     if junit_path is not None:
         junit(verdict, junit_path)
     raise typer.Exit(verdict.exit_code)
-
-
-def judge_gate(
-    store: Store,
-    baseline: str,
-    candidate: str,
-    config_path: Path,
-    *,
-    allow_cross_machine: bool = False,
-    allow_mixed_settings: bool = False,
-    budget_s: float | None = None,
-) -> tuple[Verdict, list[Look]]:
-    """The verdict; with a budget, after adding ABBA rounds (run through the ordinary runner, stored as ordinary
-    results) for the models whose checks are inconclusive, until each is conclusive or the budget is spent."""
-    from bench.compare import compare, parse_ref
-    from bench.gate import Verdict, evaluate
-    from bench.sequential import sample_until_sure
-
-    cfg = load_config(config_path, check_files=budget_s is not None) if config_path.exists() else None
-    if cfg is None and (budget_s is not None or config_path != DEFAULT_CONFIG):
-        raise ConfigError(f"{config_path}: no such config file" + (" (--measure runs its builds)" if budget_s else ""))
-    gate = cfg.gate_settings() if cfg else load_gate(config_path)
-    added: list[int] = []
-
-    def judge() -> Verdict:
-        with store.session() as session:
-            comparison = compare(
-                session,
-                baseline,
-                candidate,
-                allow_cross_machine=allow_cross_machine,
-                allow_mixed_settings=allow_mixed_settings,
-                extra_runs=added,
-            )
-        # one added round is an AB + BA pair: two pairs of worker processes
-        return evaluate(comparison, gate, pairs_per_round=2)
-
-    if budget_s is None or cfg is None:
-        return judge(), []
-    builds = {b.name: b for b in cfg.builds}
-    pair = []
-    for ref in (baseline, candidate):
-        name, _ = parse_ref(ref)
-        if name not in builds:
-            raise ConfigError(f"{cfg.source}: builds: no build {name!r}: --measure needs it to add rounds")
-        pair.append(builds[name])
-
-    def add_round(models: list[str]) -> int:
-        from bench.machine import collect
-        from bench.runlock import lock_path, run_lock
-        from bench.runner import run_matrix
-
-        chosen = [m for m in cfg.models if m.name in models]
-        if not chosen:
-            raise ConfigError(f"{cfg.source}: models: none of {', '.join(models)}: --measure needs them to add rounds")
-        reduced = cfg.model_copy(
-            update={
-                "builds": pair,
-                "models": chosen,
-                "suite": cfg.suite.model_copy(update={"repetitions": 2 * cfg.suite.repetitions}),
-            }
-        )
-        # one measurement on a machine at a time: a round measured beside another run would measure both
-        lock = run_lock(lock_path(collect().fingerprint), wait=True, what=f"bench gate --measure {candidate}")
-        with lock:
-            run_id = run_matrix(store, reduced, interleave=True, rounds=2, show_progress=False)
-        added.append(run_id)
-        return run_id
-
-    return sample_until_sure(judge, Verdict.open_models, add_round, budget_s)
 
 
 @app.command("import")
