@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from bench.bisection import Commit, Mark, Step, search
 from tests.conftest import bench_cli
-from tests.test_builds import CMAKE_ARGS, copy_vendored
+from tests.test_builds import build_config, copy_vendored
 
 SPIN = (
     "    { volatile unsigned long perfgate_spin = 0;  /* test: a real slowdown per graph */\n"
@@ -74,16 +73,10 @@ def history(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def _config(tmp_path: Path, model: Path, cache: Path) -> Path:
-    doc = {
-        # a 2× slowdown must fail and a docs-only commit pass on a busy 2-core machine: a wide threshold
-        "models": [{"name": "tiny", "path": str(model), "thresholds": {"tg_ts": -20, "pp_ts": -20}}],
-        "builds": [{"name": "unused", "python": sys.executable}],
-        "suite": {"n_prompt": 32, "n_gen": 16, "repetitions": 3, "threads": 1, "cmake_args": CMAKE_ARGS,
-                  "build_cache": str(cache)},
-    }  # fmt: skip
-    path = tmp_path / "bisect.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+    # a 2× slowdown must fail and a docs-only commit pass on a busy 2-core machine: a wide threshold
+    models = [{"name": "tiny", "path": str(model), "thresholds": {"tg_ts": -20, "pp_ts": -20}}]
+    builds = [{"name": "unused", "python": sys.executable}]
+    return build_config(tmp_path, models, builds, cache, n_gen=16, repetitions=3)
 
 
 def test_bisect_names_the_slowing_commit_and_skips_the_one_that_does_not_build(

@@ -84,23 +84,19 @@ def llama_repo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"repo": repo, "commits": commits}
 
 
-def _config(tmp_path: Path, builds: list[dict[str, Any]], cache: Path, model: Path, **suite: Any) -> Path:
-    doc = {
-        "models": [{"name": "tiny", "path": str(model)}],
-        "builds": builds,
-        "suite": {
-            "n_prompt": 32,
-            "n_gen": 8,
-            "repetitions": 2,
-            "threads": 1,
-            "cmake_args": CMAKE_ARGS,
-            "build_cache": str(cache),
-            **suite,
-        },
-    }
+def build_config(
+    tmp_path: Path, models: list[dict[str, Any]], builds: list[dict[str, Any]], cache: Path, **suite: Any
+) -> Path:
+    """A config of built builds: small suite, portable CPU builds, the session's build cache."""
+    settings = {"n_prompt": 32, "n_gen": 8, "repetitions": 2, "threads": 1, "cmake_args": CMAKE_ARGS}
+    doc = {"models": models, "builds": builds, "suite": {**settings, "build_cache": str(cache), **suite}}
     path = tmp_path / "builds.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
+
+
+def _config(tmp_path: Path, builds: list[dict[str, Any]], cache: Path, model: Path, **suite: Any) -> Path:
+    return build_config(tmp_path, [{"name": "tiny", "path": str(model)}], builds, cache, **suite)
 
 
 def test_two_refs_are_two_keys_and_the_same_ref_again_is_a_cache_hit(

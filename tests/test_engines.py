@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from bench.engines.koboldcpp import parse_csv_rows
 from bench.engines.llama_bench import parse_output
 from tests.conftest import PYTHON, bench_cli
-from tests.test_builds import CMAKE_ARGS
+from tests.test_builds import build_config
 
 KOBOLD = Path(__file__).parent / "koboldcpp"
 SDISTS = {"b-old": "llama-cpp-python==0.2.57", "b-new": "llama-cpp-python==0.3.36"}
@@ -25,22 +24,7 @@ SDISTS = {"b-old": "llama-cpp-python==0.2.57", "b-new": "llama-cpp-python==0.3.3
 def _write(
     tmp_path: Path, models: list[dict[str, Any]], builds: list[dict[str, Any]], cache: Path, **suite: Any
 ) -> Path:
-    doc = {
-        "models": models,
-        "builds": builds,
-        "suite": {
-            "n_prompt": 32,
-            "n_gen": 8,
-            "repetitions": 3,
-            "threads": 1,
-            "cmake_args": CMAKE_ARGS,
-            "build_cache": str(cache),
-            **suite,
-        },
-    }
-    path = tmp_path / "engines.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+    return build_config(tmp_path, models, builds, cache, **{"repetitions": 3, **suite})
 
 
 def _rows(db: Path) -> dict[tuple[str, str], dict[str, Any]]:

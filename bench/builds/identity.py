@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -33,3 +34,12 @@ class BuildIdentity:
         parts += [x for x in (self.details.get("engine_key"), self.details.get("build", {}).get("key")) if x]
         key = "|".join(str(x) for x in parts)
         return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (libraries and GGUF files are large)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

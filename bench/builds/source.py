@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.builds.identity import sha256_file
 from bench.config import Config, SourceConfig
 from bench.errors import ConfigError
 
@@ -47,14 +48,6 @@ def _git(repo: Path | str, *args: str, check: bool = True) -> str:
     if check and proc.returncode != 0:
         raise subprocess.CalledProcessError(proc.returncode, args, proc.stdout, proc.stderr)
     return proc.stdout.strip() if proc.returncode == 0 else ""
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _is_git_tree(path: Path) -> bool:
@@ -106,7 +99,7 @@ def resolve(source: SourceConfig, config: Config, where: str, cache: Path) -> Re
             digest.update(_git(path, "diff", "HEAD", "--binary", check=False).encode())
             for name in untracked:
                 if (path / name).is_file():
-                    digest.update(name.encode() + _sha256_file(path / name).encode())
+                    digest.update(name.encode() + sha256_file(path / name).encode())
             facts = _commit_facts(path, head) if head else (None, None)
             return ResolvedSource(
                 "dir",
@@ -123,7 +116,7 @@ def resolve(source: SourceConfig, config: Config, where: str, cache: Path) -> Re
         return ResolvedSource("dir", str(path), _tree_digest(path), dirty=True, in_place=source.in_place)
     if source.sdist is not None:
         sdist = fetch_sdist(source.sdist, cache, where)
-        return ResolvedSource("sdist", source.sdist, _sha256_file(sdist), ref=source.sdist)
+        return ResolvedSource("sdist", source.sdist, sha256_file(sdist), ref=source.sdist)
     assert source.pip is not None
     return ResolvedSource("pip", source.pip, source.pip, ref=source.pip)
 
@@ -135,7 +128,7 @@ def _tree_digest(path: Path) -> str:
         for name in sorted(files):
             f = Path(root, name)
             if f.is_file() and not f.is_symlink():
-                digest.update(str(f.relative_to(path)).encode() + _sha256_file(f).encode())
+                digest.update(str(f.relative_to(path)).encode() + sha256_file(f).encode())
     return digest.hexdigest()
 
 

@@ -15,9 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.builds.identity import BuildIdentity
+from bench.builds.identity import BuildIdentity, sha256_file
 from bench.engines.base import NEW_FILE, FileNamer, ItemSpec, Judge, ProcessOutcome, ProcessSpec, measurement_of
-from bench.engines.llama_bench import sha256_file as _sha256
 from bench.store.records import Measurement
 
 CSV = NEW_FILE + "bench.csv"  # KoboldCPP writes the header only into a file that does not exist yet
@@ -70,17 +69,17 @@ class KoboldCpp:
         libs = sorted(self.program.parent.glob("koboldcpp_*.so")) + sorted(
             self.program.parent.glob("koboldcpp_*.dylib")
         )
-        digest = _sha256(self.program)
+        digest = sha256_file(self.program)
         return BuildIdentity(
             name=self.build_name,
             ok=True,
             lib_path=str(self.program),
             lib_sha256=digest,
-            ggml_sha256=_sha256(libs[0]) if libs else None,
+            ggml_sha256=sha256_file(libs[0]) if libs else None,
             details={
                 **self.details,
                 "engine": self.name,
-                "engine_key": f"{self.name}|{' '.join(self.args)}|{','.join(_sha256(lib) for lib in libs)}",
+                "engine_key": f"{self.name}|{' '.join(self.args)}|{','.join(sha256_file(lib) for lib in libs)}",
                 "args": self.args,
                 "libraries": [lib.name for lib in libs],
             },

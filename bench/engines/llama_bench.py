@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.builds.identity import BuildIdentity
+from bench.builds.identity import BuildIdentity, sha256_file
 from bench.engines.base import FileNamer, ItemSpec, Judge, ProcessOutcome, ProcessSpec, measurement_of
 from bench.store.records import Measurement
 
@@ -50,14 +50,6 @@ class Options:
             verbose="--verbose" in text,
             help_text=text,
         )
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class LlamaBench:
