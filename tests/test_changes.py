@@ -22,7 +22,9 @@ import pytest
 import yaml
 
 from bench.metrics import METRICS
+from bench.store.db import upgrade_store
 from tests.conftest import PYTHON, bench_cli, fake_python
+from tests.pg_server import PgServer
 
 NIGHTS = 14
 CRASH_AT = 3  # the night `nightly` fails to load
@@ -50,6 +52,7 @@ def _night(tmp: Path, model: Path, night: int, builds: dict[str, Path]) -> None:
 def history(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> History:
     tmp = tmp_path_factory.mktemp("history")
     db = f"sqlite:///{tmp / 'history.sqlite'}"
+    lock = str(tmp / "perfgate-run.lock")  # its own lock, as every test's run (conftest.private_run_lock)
     pinned = fake_python(tmp, "python-pinned", f'exec taskset -c 0 {PYTHON} "$@"')
     busy = "taskset -c 0 sh -c 'while :; do :; done' &\n"
     contended = fake_python(tmp, "python-contended", f'{busy}exec nice -n 5 taskset -c 0 {PYTHON} "$@"')
@@ -57,10 +60,15 @@ def history(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Histo
     for night in range(NIGHTS):
         nightly = aborting if night == CRASH_AT else contended if night >= SLOW_FROM else pinned
         _night(tmp, models_dir / "tiny-Q4_0.gguf", night, {"steady": pinned, "ref": pinned, "nightly": nightly})
-        proc = bench_cli("run", "--config", str(tmp / f"night-{night}.yaml"), "--db", db, "--quiet", "--wait")
+        proc = bench_cli(
+            "run", "--config", str(tmp / f"night-{night}.yaml"), "--db", db, "--quiet", env={"PERFGATE_RUN_LOCK": lock}
+        )
         assert proc.returncode == 0, proc.stderr
-    runs = json.loads(bench_cli("runs", "--db", db, "--format", "json").stdout)
-    return History(db, sorted(r["run_id"] for r in runs))
+    return History(db, _run_ids(db))
+
+
+def _run_ids(db: str) -> list[int]:
+    return sorted(r["run_id"] for r in json.loads(bench_cli("runs", "--db", db, "--format", "json").stdout))
 
 
 def _changes(db: str, *args: str) -> list[dict[str, Any]]:
@@ -140,6 +148,28 @@ def test_commit_range_comes_from_the_builds_git_commit(history: History, tmp_pat
     assert change["build_after"] == f"nightly@{commit[:12]}"
     table = bench_cli("changes", "--db", str(db_file), *REF, "--metric", "tg_ts").stdout
     assert f"{commit[:12]}..{commit[:12]}" in table
+
+
+def test_postgresql_store_finds_the_same_change_points(history: History, postgres: PgServer) -> None:
+    url = postgres.create_database()
+    upgrade_store(url)
+    assert bench_cli("push", "--db", history.db, "--to", url).returncode == 0
+
+    def found(db: str) -> list[tuple[Any, ...]]:
+        night = {run: i for i, run in enumerate(_run_ids(db))}
+        return sorted(
+            (
+                c["build"],
+                c["metric"],
+                c["kind"],
+                night[c["run_after"]],
+                round(c["shift_pct"] or 0, 9),
+                c["status_after"],
+            )
+            for c in _changes(db, *REF)
+        )
+
+    assert found(url) == found(history.db) != []
 
 
 @pytest.mark.parametrize(
