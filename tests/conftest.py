@@ -53,7 +53,7 @@ def broken_models(models_dir: Path) -> dict[str, Path]:
 
 
 # test modules whose `db_url` tests run twice: on SQLite and on a real PostgreSQL server the session starts
-BOTH_BACKENDS = {"test_store", "test_postgres", "test_runner", "test_import", "test_gate", "test_dashboard"}
+BOTH_BACKENDS = {"test_store", "test_runner", "test_importers", "test_gate", "test_dashboard"}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
