@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -246,3 +247,19 @@ def test_db_upgrade_is_idempotent_and_reports_the_heads(db_url: str) -> None:
     with open_store(db_url) as store, store.engine.connect() as conn:
         assert set(conn.execute(text("select version_num from alembic_version")).scalars()) == head_revisions()
         assert "uq_runs_uuid" in {i["name"] for i in inspect(conn).get_indexes("runs")}
+
+
+def test_latest_run_is_the_one_that_finished_last_not_the_highest_id(
+    db_url: str, tmp_path: Path, models_dir: Path, write_config: Callable[..., Path]
+) -> None:
+    """A runner's older run pushed after a newer one gets the higher id; `bench results` still shows the newer."""
+    cfg = write_config([{"name": "q4", "path": str(models_dir / "tiny-Q4_0.gguf")}], repetitions=1)
+    local = str(tmp_path / "runner.sqlite")
+    assert bench_cli("run", "--config", str(cfg), "--db", local, "--quiet").returncode == 0
+    assert bench_cli("run", "--config", str(cfg), "--db", db_url, "--quiet").returncode == 0
+    assert bench_cli("push", "--to", db_url, "--db", local).returncode == 0
+    with open_store(db_url) as store, store.session() as session:
+        (newer, newer_end), (older, older_end) = session.execute(select(Run.id, Run.finished_at).order_by(Run.id))
+    assert older > newer and older_end < newer_end
+    rows = json.loads(bench_cli("results", "--db", db_url, "--format", "json").stdout)
+    assert {r["run_id"] for r in rows} == {newer}

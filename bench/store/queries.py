@@ -191,7 +191,9 @@ def all_logs(session: Session) -> dict[int, str]:
 
 def run_or_latest(session: Session, run_id: int | None) -> int:
     if run_id is None:
-        latest = session.scalar(select(Run.id).order_by(Run.id.desc()).limit(1))
+        # newest by finish time, not by id: runs pushed from other runners arrive out of order
+        newest = (Run.finished_at.is_(None), Run.finished_at.desc(), Run.started_at.desc(), Run.id.desc())
+        latest = session.scalar(select(Run.id).order_by(*newest).limit(1))
         if latest is None:
             raise StoreError("the store holds no runs yet: `bench run` first")
         return latest
