@@ -16,7 +16,7 @@ long). Each simulated gate starts from one round of `--reps` repetitions a side 
 sampling until sure, adds ABBA rounds for as long as a pp or tg check is inconclusive, up to `--max-rounds`.
 
     .venv/bin/python benchmarks/gate_calibration.py collect --threads 1 --rounds 60 --reps-per-round 3
-    .venv/bin/python benchmarks/gate_calibration.py simulate [--sims 400] [--drop 0.05] [--max-rounds 30]
+    .venv/bin/python benchmarks/gate_calibration.py simulate [--sims 400] [--drop 0.05] [--max-rounds 120] [--pools ...]
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.compare import process_values
 from bench.config import GateConfig
 from bench.metrics import METRICS as SPECS
-from bench.sequential import Outcome, decide
+from bench.sequential import Outcome, decide, first_bounded, predicted_halfwidth
 from bench.store.db import open_store
 from bench.store.queries import results_frame
 from bench.synth import SynthSpec, synthesize
@@ -202,6 +202,30 @@ def simulate(pool: Pool, gate: GateConfig, drop: float, sims: int, reps: int, ma
     return {"fixed": fixed, "final": final, "rounds": np.array(rounds_used, dtype=float)}
 
 
+def pair_noise(pool: Pool) -> tuple[float, float]:
+    """sd and robust sd (IQR / 1.349) of the tg log ratio of two processes measured side by side."""
+    row = {"n_prompt": pool.n_prompt, "n_gen": pool.n_gen}
+    values = [
+        [process_values({**row, "samples_pp_ns": pp, "samples_tg_ns": tg}, "tg_ts")[0] for pp, tg in pair]
+        for pair in pool.rounds
+    ]
+    if pool.positionwise:  # one pool of processes: every two distinct ones
+        flat = [v[0] for v in values]
+        diffs = np.array([math.log(b / a) for i, a in enumerate(flat) for b in flat[i + 1 :]])
+    else:
+        diffs = np.array([math.log(b / a) for a, b in values])
+    q75, q25 = np.percentile(diffs, [75, 25])
+    return float(np.std(diffs, ddof=1)), float(q75 - q25) / 1.349
+
+
+def rounds_for(halfwidth: float, sd: float, robust: float, alpha: float) -> int:
+    """ABBA rounds (two process pairs each) until the gate's sequence is ±halfwidth wide at this noise."""
+    n = first_bounded(alpha)
+    while predicted_halfwidth(n, sd, robust, alpha) >= math.log1p(halfwidth) and n < 100_000:
+        n += 1
+    return math.ceil(n / 2)
+
+
 def rate(results: list[dict[str, Outcome]], metric: str | None, outcome: Outcome) -> float:
     if metric is None:
         return float(np.mean([any(o is outcome for o in r.values()) for r in results]))
@@ -216,6 +240,8 @@ def report(args: argparse.Namespace) -> None:
         f"{args.sims} simulated gates per cell; sampling until sure adds ≤ {args.max_rounds} ABBA rounds\n"
     )
     pools = cpu_pools() + gpu_pools() if POOLS.exists() else gpu_pools()
+    if args.pools:
+        pools = [p for p in pools if any(p.name.startswith(prefix) for prefix in args.pools)]
     for i, pool in enumerate(pools):
         aa = simulate(pool, gate, 0.0, args.sims, args.reps, args.max_rounds, seed=2 * i)
         dr = simulate(pool, gate, args.drop, args.sims, args.reps, args.max_rounds, seed=2 * i + 1)
@@ -223,9 +249,13 @@ def report(args: argparse.Namespace) -> None:
         conclusive_drop = dr["rounds"][~np.isnan(dr["rounds"])]
         med = float(np.median(conclusive)) if len(conclusive) else float("nan")
         med_drop = float(np.median(conclusive_drop)) if len(conclusive_drop) else float("nan")
-        tg = [np.array([*p[0][1], *p[1][1]], dtype=float) for p in pool.rounds]
-        cv = float(np.mean([np.std(1 / t) / np.mean(1 / t) for t in tg if len(t) > 1]))
-        print(f"{pool.name}: {len(pool.rounds)} pooled rounds, tg CV within a round {cv:.1%}")
+        sd, robust = pair_noise(pool)
+        needed = rounds_for(abs(thresholds["tg_ts"]) / 100, sd, robust, gate.alpha)
+        print(
+            f"{pool.name}: {len(pool.rounds)} pooled {'processes' if pool.positionwise else 'rounds'}; tg noise per "
+            f"process pair: sd {sd:.1%}, robust sd {robust:.1%}; ±{abs(thresholds['tg_ts']):g}% needs ~{needed} rounds "
+            f"for a true 0% change"
+        )
         print(
             f"  A/A false-fail (pp or tg): {rate(aa['final'], None, Outcome.FAIL):.1%} (goal ≤ 1%); "
             f"declared pass (both): {np.mean([all(o is Outcome.PASS for o in r.values()) for r in aa['final']]):.1%} "
@@ -258,7 +288,8 @@ def main() -> None:
     s.add_argument("--sims", type=int, default=400)
     s.add_argument("--drop", type=float, default=0.05)
     s.add_argument("--reps", type=int, default=5, help="repetitions a process for the GPU pools")
-    s.add_argument("--max-rounds", type=int, default=30)
+    s.add_argument("--max-rounds", type=int, default=120)
+    s.add_argument("--pools", nargs="*", help="only pools whose name starts so (cpu-t1, cpu-t2, H100)")
     args = parser.parse_args()
     if args.command == "collect":
         collect(args.threads, args.rounds, args.reps_per_round)
