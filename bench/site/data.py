@@ -71,6 +71,8 @@ class SiteData:
     settings: DashboardConfig
     gate: GateConfig
     run_x: dict[int, int] = field(default_factory=dict)  # run id → its position on its machine's axis
+    build_of: dict[int, tuple[str, str]] = field(default_factory=dict)  # result id → (build name, identity)
+    identity_of: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
 
 
 def change_points(session: Session) -> pd.DataFrame:
@@ -167,12 +169,18 @@ def _identities(builds: pd.DataFrame) -> dict[tuple[str, str], dict[str, Any]]:
 
 def side_identity(data: SiteData, ids: tuple[int, ...]) -> dict[str, str]:
     """The identity of a side's newest result's build."""
-    rows = data.results[data.results["result_id"].isin(ids)]
-    if not len(rows) or not len(data.builds):
+    if not ids or not len(data.builds):
         return {}
-    newest = rows.sort_values("result_id").iloc[-1]
-    match = data.builds[(data.builds["name"] == newest["build"]) & (data.builds["identity_sha"] == newest["build_sha"])]
-    return identity_fields(match.iloc[0].to_dict()) if len(match) else {}
+    if not data.build_of:
+        res, builds = data.results, data.builds
+        data.build_of = dict(
+            zip(res["result_id"].tolist(), zip(res["build"], res["build_sha"], strict=True), strict=True)
+        )
+        data.identity_of = {
+            (str(b["name"]), str(b["identity_sha"])): identity_fields(b) for b in builds.to_dict(orient="records")
+        }
+    name, sha = data.build_of[max(ids)]
+    return data.identity_of.get((str(name), str(sha)), {})
 
 
 # --- policy: which comparisons ----------------------------------------------------------------------------

@@ -159,6 +159,7 @@ class Builder:
         self.samples: pd.DataFrame | None = None
         self.narrow = pd.DataFrame()
         self.compare_s = 0.0
+        self.run_date = {int(r): str(d)[:16] for r, d in zip(data.runs["run_id"], data.runs["started_at"], strict=True)}
         self.run_bandwidth = res.groupby("run_id")["bandwidth_gbs"].max().fillna(0).to_dict()
         self.run_rows = {int(r): row for r, row in zip(data.runs["run_id"], data.runs.to_dict("records"), strict=True)}
         self.verdicts: dict[str, Verdict] = {}
@@ -322,7 +323,7 @@ class Builder:
         return found if isinstance(found, dict) else None
 
     # -- runs -------------------------------------------------------------------------------------------
-    def run_key(self, run_id: int, ids: list[int]) -> str:
+    def run_key(self, run_id: int, result_keys: str) -> str:
         run = self.run_rows[run_id]
         return content_key(
             self.version,
@@ -330,7 +331,7 @@ class Builder:
             str(run["status"]),
             str(run["finished_at"]),
             run["settings"],
-            self.keys_of(ids),
+            result_keys,
             self.run_bandwidth.get(run_id),
         )
 
@@ -369,24 +370,32 @@ class Builder:
         run_x = self.data.run_x
         series: dict[str, Any] = {}
         rows = rows.sort_values(["x", "result_id"])
+        # what every metric's points share, once per build line
+        common = {}
+        for build, b in rows.groupby("build", sort=False):
+            runs = b["run_id"].astype(int).tolist()
+            common[str(build)] = (
+                b,
+                {
+                    "build": str(build),
+                    "x": b["x"].tolist(),
+                    "status": [str(v) for v in b["status"].tolist()],
+                    "ok": [v == Status.OK for v in b["status"].tolist()],
+                    "run": runs,
+                    "commit": [str(v) for v in b["commit"].tolist()],
+                    "date": [self.run_date.get(r, "") for r in runs],
+                },
+            )
         for metric, spec in METRICS.items():
-            lines = []
-            for build, b in rows.groupby("build", sort=False):
-                ok = b["status"] == Status.OK
-                lines.append(
-                    {
-                        "build": str(build),
-                        "x": b["x"].tolist(),
-                        "y": _floats(b[metric]),
-                        "ci": _floats(b[f"{metric}_ci95"]) if f"{metric}_ci95" in b else [None] * len(b),
-                        "status": [str(v) for v in b["status"].tolist()],
-                        "ok": [bool(v) for v in ok.tolist()],
-                        "run": b["run_id"].astype(int).tolist(),
-                        "commit": [str(v) for v in b["commit"].tolist()],
-                        "date": [str(d)[:16] for d in b["run_started"].tolist()],
-                        "roofline": _floats(b["tg_roofline_pct"]) if metric == "tg_ts" else None,
-                    }
-                )
+            lines = [
+                {
+                    **shared,
+                    "y": _floats(b[metric]),
+                    "ci": _floats(b[f"{metric}_ci95"]) if f"{metric}_ci95" in b else [None] * len(b),
+                    "roofline": _floats(b["tg_roofline_pct"]) if metric == "tg_ts" else None,
+                }
+                for b, shared in common.values()
+            ]
             series[metric] = {
                 "label": spec.label,
                 "unit": spec.unit,
@@ -627,7 +636,9 @@ def _build(b: Builder) -> int:
             overview_of[b.pair_rel(pair)] = kept
     # runs whose page changed
     by_run = {int(r): g for r, g in res.groupby("run_id", sort=True)}
-    run_keys = {r: b.run_key(r, g["result_id"].tolist()) for r, g in by_run.items()}
+    joined = pd.Series(b.rkey).rename_axis("result_id").rename("rkey")
+    per_run = res[["run_id", "result_id"]].join(joined, on="result_id").groupby("run_id")["rkey"].agg("|".join)
+    run_keys = {int(r): b.run_key(int(r), keys) for r, keys in per_run.items()}
     run_todo = [
         r
         for r in by_run

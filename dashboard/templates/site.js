@@ -18,7 +18,10 @@
     var spec = payload.series[metric];
     var traces = [];
     var digits = spec.unit === "bytes" ? 0 : 2;
+    var n = spec.lines.length;
     spec.lines.forEach(function (line, i) {
+      // builds measured in one run share its position: each line is dodged a little, so every point can be hovered
+      var dx = n > 1 ? (i - (n - 1) / 2) * Math.min(0.3, 0.6 / n) : 0;
       var ok = { x: [], y: [], lo: [], hi: [], cd: [] };
       var bad = { x: [], cd: [] };
       line.x.forEach(function (x, j) {
@@ -28,11 +31,11 @@
           ci === null || ci === undefined ? "" : " ± " + fmt(ci, digits), esc(line.status[j]), esc(line.date[j]),
           roof === null || roof === undefined ? "" : "<br>roofline " + fmt(roof, 0) + "%" + (roof > 100 ? " (measurement error)" : "")];
         if (line.ok[j] && line.y[j] !== null) {
-          ok.x.push(x); ok.y.push(line.y[j]); ok.cd.push(cd);
+          ok.x.push(x + dx); ok.y.push(line.y[j]); ok.cd.push(cd);
           ok.lo.push(ci === null || ci === undefined ? line.y[j] : line.y[j] - ci);
           ok.hi.push(ci === null || ci === undefined ? line.y[j] : line.y[j] + ci);
         } else if (!line.ok[j]) {
-          bad.x.push(x); bad.cd.push(cd);
+          bad.x.push(x + dx); bad.cd.push(cd);
         }
       });
       var hover = "<b>%{customdata[0]}</b> %{customdata[1]}<br>run %{customdata[2]} · %{customdata[6]}<br>" +
