@@ -75,9 +75,10 @@ def find_shifts(values: Sequence[float], settings: DetectorSettings = DetectorSe
     sigma = noise_scale(x)
     if sigma == 0.0:  # exact repeats (a byte count): any difference beyond the floor is a step
         sigma = settings.min_shift_pct / 100 / 10
-    algo = ruptures.Pelt(model="l2", min_size=settings.min_size, jump=1).fit(x / sigma)
-    ends = algo.predict(pen=settings.penalty_per_log_n * math.log(n))
-    bounds = [0, *ends]
+    # PELT with the l2 cost, in ruptures' C implementation (a linear kernel is the l2 cost): the same
+    # segmentation as ruptures.Pelt(model="l2", jump=1), some thousand times faster
+    algo = ruptures.KernelCPD(kernel="linear", min_size=settings.min_size).fit(x / sigma)
+    bounds = [0, *(int(end) for end in algo.predict(pen=settings.penalty_per_log_n * math.log(n)))]
     shifts = []
     for i in range(1, len(bounds) - 1):
         before = float(np.exp(np.median(x[bounds[i - 1] : bounds[i]])))

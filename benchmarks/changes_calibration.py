@@ -21,7 +21,7 @@ A step multiplies every figure from its start on by (1 − step). "Found" means 
 3 runs of the true start, once in the whole series and once when only 3 runs after the start exist (what
 a nightly job would know three nights later).
 
-    .venv/bin/python benchmarks/changes_calibration.py [--series 250] [--length 30] [--step 0.05] [--cpu-rounds 0]
+    .venv/bin/python benchmarks/changes_calibration.py [--series 1000] [--length 30] [--step 0.05] [--cpu-rounds 0]
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def calibrate(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--series", type=int, default=250, help="A/A series and step series per pool")
+    parser.add_argument("--series", type=int, default=1000, help="A/A series and step series per pool")
     parser.add_argument("--length", type=int, default=30, help="nightly runs per series")
     parser.add_argument("--reps", type=int, default=5, help="repetitions per run (suite.repetitions)")
     parser.add_argument("--step", type=float, default=0.05)
