@@ -11,12 +11,13 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.script import ScriptDirectory
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import create_engine, func, inspect, select, text
 
 from bench.machine import MachineInfo
 from bench.store.db import _alembic_config, head_revisions, known_revisions, open_store
@@ -263,3 +264,32 @@ def test_latest_run_is_the_one_that_finished_last_not_the_highest_id(
     assert older > newer and older_end < newer_end
     rows = json.loads(bench_cli("results", "--db", db_url, "--format", "json").stdout)
     assert {r["run_id"] for r in rows} == {newer}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_upgrading_a_store_with_runs_keys_them_and_keeps_their_times(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    url = (
+        f"sqlite:///{tmp_path / 'old.sqlite'}"
+        if backend == "sqlite"
+        else request.getfixturevalue("postgres").create_database()
+    )
+    command.upgrade(_alembic_config(url), "0001")
+    with create_engine(url).begin() as conn:
+        conn.execute(text("insert into machines values (1, 'f', 'h', 'o', 'a', 'c', null, null, null, '{}')"))
+        conn.execute(
+            text(
+                "insert into runs (id, machine_id, started_at, finished_at, status, source, settings) values "
+                "(1, 1, '2026-03-01 10:00:00', '2026-03-01 11:30:00', 'complete', '', '{}'), "
+                "(2, 1, '2026-03-02 10:00:00', null, 'running', '', '{}')"
+            )
+        )
+    assert bench_cli("db", "upgrade", "--db", url).returncode == 0
+    with open_store(url) as store, store.session() as session:
+        rows = session.execute(select(Run.id, Run.uuid, Run.started_at, Run.finished_at).order_by(Run.id)).all()
+    assert [(r[2], r[3]) for r in rows] == [
+        (datetime(2026, 3, 1, 10), datetime(2026, 3, 1, 11, 30)),
+        (datetime(2026, 3, 2, 10), None),
+    ]
+    assert len({r[1] for r in rows}) == 2 and all(len(r[1]) == 36 for r in rows)
