@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, ExceptionContext, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -81,7 +81,8 @@ def _as_store_error(where: str) -> Any:
 
     def handle(ctx: ExceptionContext) -> None:
         orig = ctx.original_exception
-        if isinstance(ctx.sqlalchemy_exception, IntegrityError) or isinstance(orig, StoreError):
+        # a broken constraint or a malformed statement is perfgate's own bug: it keeps its traceback
+        if isinstance(ctx.sqlalchemy_exception, IntegrityError | ProgrammingError) or isinstance(orig, StoreError):
             return
         reason = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
         raise StoreError(f"{where}: {reason}") from orig

@@ -76,7 +76,9 @@ def upsert_build(session: Session, ident: BuildIdentity, source: str = "perfgate
 def upsert_model(
     session: Session, name: str, path: str, file_bytes: int | None, n_layer: int | None, details: dict[str, Any]
 ) -> Model:
-    """A model is its name (one row per name): found again at another path, the row follows the file."""
+    """A model is its name (one row per name): the same name from a moved path, or from another runner's
+    models folder, is the same model; `path` is where it was first seen. The row is only written when it
+    learns something, so runners sharing a database do not queue on it."""
     insert_if_absent(
         session,
         Model.__table__,  # type: ignore[arg-type]
@@ -84,9 +86,13 @@ def upsert_model(
         {"name": name, "path": path, "file_bytes": file_bytes, "n_layer": n_layer, "details": details},
     )
     model = session.scalars(select(Model).where(Model.name == name)).one()
-    model.path = path
-    model.file_bytes, model.n_layer = file_bytes or model.file_bytes, n_layer or model.n_layer
-    model.details = {**model.details, **details}
+    if model.file_bytes is None and file_bytes is not None:
+        model.file_bytes = file_bytes
+    if model.n_layer is None and n_layer is not None:
+        model.n_layer = n_layer
+    merged = {**model.details, **details}
+    if merged != model.details:
+        model.details = merged
     session.flush()
     return model
 
