@@ -138,21 +138,19 @@ class Builder:
         # comparison pages also show what bench.compare and bench.gate computed
         self.verdict_version = _code_version("metrics.py", "compare.py", "gate.py")
         res = data.results
-        self.rkey = dict(
-            zip(
+        # what makes a result's page content change (plain str(): pandas' astype(str) keeps missing values missing)
+        rkeys = [
+            f"{i}:{f}:{st}:{n}"
+            for i, f, st, n in zip(
                 res["result_id"].tolist(),
-                (
-                    res["result_id"].astype(str)
-                    + ":"
-                    + res["finished_at"].astype(str)
-                    + ":"
-                    + res["status"].astype(str)
-                    + ":"
-                    + res["repetitions"].astype(str)
-                ).tolist(),
+                res["finished_at"].tolist(),
+                res["status"].tolist(),
+                res["repetitions"].tolist(),
                 strict=True,
             )
-        )
+        ]
+        self.rkey = dict(zip(res["result_id"].tolist(), rkeys, strict=True))
+        self.rkey_col = pd.Series(rkeys, index=res.index, dtype=object)
         self.standing = standing(res)
         self.gate_key = data.gate.model_dump(mode="json")
         self.hosts = dict(zip(data.machines["fingerprint"], data.machines["hostname"], strict=True))
@@ -636,8 +634,7 @@ def _build(b: Builder) -> int:
             overview_of[b.pair_rel(pair)] = kept
     # runs whose page changed
     by_run = {int(r): g for r, g in res.groupby("run_id", sort=True)}
-    joined = pd.Series(b.rkey).rename_axis("result_id").rename("rkey")
-    per_run = res[["run_id", "result_id"]].join(joined, on="result_id").groupby("run_id")["rkey"].agg("|".join)
+    per_run = res[["run_id"]].assign(rkey=b.rkey_col).groupby("run_id")["rkey"].agg("|".join)
     run_keys = {int(r): b.run_key(int(r), keys) for r, keys in per_run.items()}
     run_todo = [
         r
