@@ -19,7 +19,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from bench.builds.cache import ensure_built
+from bench.builds.cache import cache_root, ensure_built, lookup, plan_build
 from bench.config import BuildConfig, Config, ModelConfig, SourceConfig
 from bench.errors import ConfigError
 from bench.metrics import METRICS, Status
@@ -148,10 +148,12 @@ class BisectOracle:
             return self.memo[commit.sha]
         cand = self._build_config(f"bisect-{commit.sha[:12]}", commit.sha)
         config = self.config.model_copy(update={"builds": [cand], "models": [self.model]})
-        record = ensure_built(config, cand)
+        known = lookup(cache_root(config), plan_build(config, cand).key)
+        record = known or ensure_built(config, cand)
         if not record.ok:
             failure = record.failure or {}
-            return Step(commit, Mark.SKIP, f"does not build: {failure.get('kind')}: {failure.get('line')}")
+            why = f"does not build: {failure.get('kind')}: {failure.get('line')}"
+            return Step(commit, Mark.SKIP, why, stored=known is not None)  # a cached failure is not rebuilt
         if self.metric == "load":
             return self._judge_load(commit, config)
         return self._judge_metric(commit, cand)

@@ -129,11 +129,14 @@ def mann_whitney_p(base: np.ndarray, cand: np.ndarray) -> float:
 
 
 def metric_values(row: Any, metric: str) -> np.ndarray:
-    samples_col = METRICS[metric].samples_column
-    if samples_col is not None:
+    spec = METRICS[metric]
+    samples = list(row.get(spec.samples_column) or []) if spec.samples_column is not None else []
+    if samples and spec.per_process:
+        return np.array(samples, dtype=float) / 1e9
+    if spec.samples_column is not None and not spec.per_process:
         n_tokens = row["n_prompt"] if metric == "pp_ts" else row["n_gen"]
-        return np.array(tokens_per_s(list(row[samples_col] or []), int(n_tokens)))
-    value = row[metric]
+        return np.array(tokens_per_s(samples, int(n_tokens)))
+    value = row[metric]  # a single figure: older results and imports have no load samples
     return np.array([] if value is None or pd.isna(value) else [float(value)])
 
 
@@ -144,6 +147,8 @@ def process_values(row: Any, metric: str) -> list[float]:
     a slow first repetition moves all of one process's repetitions together."""
     values = metric_values(row, metric)
     values = values[values > 0]
+    if METRICS[metric].per_process:
+        return [float(v) for v in values]
     rounds = int(row.get("rounds") or 1) if hasattr(row, "get") else 1
     chunks = [c for c in np.array_split(values, min(max(rounds, 1), max(len(values), 1))) if len(c)]
     return [float(np.median(c)) for c in chunks]

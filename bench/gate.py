@@ -28,6 +28,8 @@ from bench.sequential import MIN_PAIRS, Decision, Outcome, decide, first_bounded
 EXIT_CODES = {Outcome.PASS: 0, Outcome.FAIL: 1, Outcome.INCONCLUSIVE: 3}
 # peak memory repeats to within a fraction of a percent: one value a side is judged on the threshold alone
 EXACT_METRICS = ("rss_peak_bytes",)
+# the speeds: a gate that saw none of them has no evidence of "same performance"
+THROUGHPUT = {name for name, m in METRICS.items() if m.samples_column is not None and not m.per_process}
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,9 @@ def evaluate(comparison: Comparison, gate: GateConfig | None = None, *, pairs_pe
         ]
         checks += judged
         # a load with no throughput measured (n_prompt = n_gen = 0, an import without samples) shows nothing
-        sampled = [c for c in judged if METRICS[c.metric].samples_column is not None]
+        sampled = [
+            c for c in judged if METRICS[c.metric].samples_column is not None and not METRICS[c.metric].per_process
+        ]
         if sampled and all(c.outcome is Outcome.REPORTED for c in sampled):
             checks.append(
                 Check(
@@ -148,9 +152,10 @@ def _judge(model: str, metric: str, row: Any, threshold: float, alpha: float, pe
             f"no {spec.label} samples on the {side} side: no data is not a pass",
             threshold_pct=threshold,
         )
-    if spec.samples_column is None and n_base == 1 and n_cand == 1:
+    single = spec.samples_column is None or spec.per_process
+    if single and n_base == 1 and n_cand == 1:
         return _judge_single(model, metric, row, threshold)
-    if spec.samples_column is None and metric not in EXACT_METRICS and int(row.n_pairs) < MIN_PAIRS:
+    if single and metric not in EXACT_METRICS and int(row.n_pairs) < MIN_PAIRS:
         # a load time per result: gated once enough loads pair up (added rounds, suite.load_repetitions)
         ratio = float(row.ratio)
         return Check(

@@ -360,6 +360,7 @@ def import_perfgate(session: Session, path: Path) -> list[int]:
             r["n_gen"],
             samples_pp_ns=_samples(r.get("samples_pp_ns") or [], where),
             samples_tg_ns=_samples(r.get("samples_tg_ns") or [], where),
+            samples_load_ns=_samples(r.get("samples_load_ns") or [], where),
             log=r.get("log") or "",
             fields=fields,
             memory=r.get("memory") or {},

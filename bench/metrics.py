@@ -46,6 +46,7 @@ class Metric:
     higher_is_better: bool
     samples_column: str | None  # per-repetition samples (ns per test), None for a single value
     default_threshold_pct: float  # allowed change in the bad direction before the gate may fail
+    per_process: bool = False  # each sample is its own process (a load): samples are seconds, not t/s
 
     def worse(self, change_pct: float, threshold_pct: float) -> bool:
         """Is a change (percent) beyond the threshold in this metric's bad direction?"""
@@ -57,7 +58,8 @@ METRICS: dict[str, Metric] = {
     for m in (
         Metric("pp_ts", "prompt t/s", "t/s", True, "samples_pp_ns", -5.0),
         Metric("tg_ts", "generation t/s", "t/s", True, "samples_tg_ns", -3.0),
-        Metric("load_s", "load time", "s", False, None, 25.0),
+        # one sample per fresh-process load (suite.load_repetitions, KoboldCPP's process per repetition)
+        Metric("load_s", "load time", "s", False, "samples_load_ns", 25.0, per_process=True),
         Metric("rss_peak_bytes", "peak RSS", "bytes", False, None, 5.0),
     )
 }

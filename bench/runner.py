@@ -351,6 +351,7 @@ def _measure_item(
         flash_attn=suite.flash_attn,
         seed=item.round,
         n_layer=facts.n_layer,
+        load_repetitions=suite.load_repetitions,
     )
     timeout_s = item.model.timeout_s or suite.timeout_s or default_timeout_s(facts)
 

@@ -267,7 +267,11 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     bench = _Bench(model, spec)
     samples_pp: list[int] = []
     samples_tg: list[int] = []
-    if spec["n_prompt"] > 0:
+    if spec.get("load_only"):  # one more fresh-process load (suite.load_repetitions): load, a context, done
+        _log("perfgate-worker: phase=context_pp\n")
+        llama_cpp.llama_free(bench.context(max(spec["n_prompt"], spec["n_gen"], 1)))
+        result["load_s"] = (time.perf_counter_ns() - t0) / 1e9
+    elif spec["n_prompt"] > 0:
         _log("perfgate-worker: phase=context_pp\n")
         ctx = bench.context(spec["n_prompt"])
         result["load_s"] = (time.perf_counter_ns() - t0) / 1e9

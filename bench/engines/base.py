@@ -71,6 +71,7 @@ class ItemSpec:
     flash_attn: str  # auto | on | off
     seed: int
     n_layer: int | None = None  # from the GGUF header, where readable
+    load_repetitions: int = 1  # fresh-process loads per item (the measuring process is the first)
 
 
 class Engine(Protocol):
@@ -250,6 +251,7 @@ def measurement_of(
     n_gen: int | None = None,
     log: str | None = None,
     engine_info: dict[str, Any] | None = None,
+    samples_load_ns: list[int] | None = None,
 ) -> Measurement:
     """An engine's reading of its processes, with the classifier's verdict, as one storable measurement.
 
@@ -293,4 +295,5 @@ def measurement_of(
         fields=measured,
         memory=memory,
         engine_info=engine_info or {},
+        samples_load_ns=list(samples_load_ns or []),
     )

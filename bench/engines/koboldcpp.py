@@ -136,7 +136,7 @@ class KoboldCpp:
             judged.append((diag, outcome, row is not None))
         # the first process that failed decides the item; else the last one speaks for all
         diag, outcome, wrote = next((j for j in judged if j[0].status != "ok" or not j[2]), judged[-1])
-        m = measurement_of(
+        return measurement_of(
             item,
             diag,
             outcome,
@@ -149,6 +149,5 @@ class KoboldCpp:
             n_gen=GEN_TOKENS,
             log="\n".join(logs),
             engine_info=info,
+            samples_load_ns=load_ns,
         )
-        m.samples_load_ns = load_ns
-        return m

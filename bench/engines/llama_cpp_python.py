@@ -12,6 +12,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench.builds.identity import BuildIdentity
 from bench.engines.base import FileNamer, ItemSpec, Judge, ProcessOutcome, ProcessSpec, measurement_of
@@ -86,34 +87,35 @@ class LlamaCppPython:
             "seed": item.seed,
         }
 
-        def make(path: FileNamer) -> ProcessSpec:
-            return ProcessSpec(
-                [self.python, str(WORKER), "measure", path("spec.json"), path("result.json")],
-                self.env,
-                files={"spec.json": json.dumps(spec)},
-                read=("result.json",),
-            )
+        def maker(job: dict[str, Any]) -> Callable[[FileNamer], ProcessSpec]:
+            def make(path: FileNamer) -> ProcessSpec:
+                return ProcessSpec(
+                    [self.python, str(WORKER), "measure", path("spec.json"), path("result.json")],
+                    self.env,
+                    files={"spec.json": json.dumps(job)},
+                    read=("result.json",),
+                )
 
-        return [make]
+            return make
+
+        # the measuring process loads once; suite.load_repetitions adds loads in fresh processes
+        return [maker(spec)] + [maker({**spec, "load_only": True})] * (item.load_repetitions - 1)
 
     def measurement(self, item: ItemSpec, outcomes: list[ProcessOutcome], judge: Judge) -> Measurement:
         outcome = outcomes[0]
-        res = (
-            json.loads(outcome.files["result.json"])
-            if outcome.returncode == 0 and "result.json" in outcome.files
-            else None
-        )
-        layers_total = res["layers_model"] + 1 if res and "layers_model" in res else None
+        r = _result(outcome)
+        layers_total = r["layers_model"] + 1 if "layers_model" in r else None
         diag = judge(outcome, layers_total=layers_total)
-        r = res or {}
+        loads = [_result(o).get("load_s") for o in outcomes] if r else []
         return measurement_of(
             item,
             diag,
             outcome,
-            wrote_result=res is not None,
+            wrote_result=bool(r),
             layers_total=layers_total,
             samples_pp_ns=r.get("samples_pp_ns", []),
             samples_tg_ns=r.get("samples_tg_ns", []),
+            samples_load_ns=[int(s * 1e9) for s in loads if s],
             fields={
                 "load_s": r.get("load_s"),
                 "model_bytes": r.get("model_bytes"),
@@ -121,6 +123,16 @@ class LlamaCppPython:
                 "gpu_used_bytes": r.get("gpu_used_bytes"),
             },
         )
+
+
+def _result(outcome: ProcessOutcome) -> dict[str, Any]:
+    if outcome.returncode != 0 or "result.json" not in outcome.files:
+        return {}
+    try:
+        data = json.loads(outcome.files["result.json"])
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def build_python_env(extra: dict[str, str]) -> dict[str, str]:

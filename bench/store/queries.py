@@ -64,6 +64,7 @@ RESULT_COLUMNS = [
     *_OWN[:_CUT],
     "samples_pp_ns",
     "samples_tg_ns",
+    "samples_load_ns",
     *_OWN[_CUT:],
     "machine",
     "machine_fingerprint",
@@ -76,6 +77,7 @@ RESULT_COLUMNS = [
     "result_id",
     "source",
 ]
+SAMPLE_TESTS = ("pp", "tg", "load")  # samples.test: prompt and generation repetitions, fresh-process loads
 # integer columns (nullable): JSON writers may turn them into floats (33.0), readers turn them back
 INT_COLUMNS = [f for f in _RESULT_FIELDS if isinstance(Result.__table__.c[f].type, Integer)] + ["result_id"]
 # the measured figures among them (the rest are keys and suite settings)
@@ -102,10 +104,10 @@ def results_frame(session: Session, run_ids: list[int] | None = None, *, with_sa
     # plain tuples: pandas probes each SQLAlchemy Row with hasattr, which costs seconds at 100k rows
     frame = pd.DataFrame([tuple(r) for r in session.connection().execute(stmt)], columns=[*_RESULT_FIELDS, *_JOINED])
     empty: list[int] = []
-    for test in ("pp", "tg"):
+    for test in SAMPLE_TESTS:
         frame[f"samples_{test}_ns"] = [empty] * len(frame)
     if with_samples and len(frame):
-        for test in ("pp", "tg"):
+        for test in SAMPLE_TESTS:
             ids, ns = _sample_arrays(session, test, run_ids)
             # rows arrive ordered by result: split the ns column where the result id changes
             lists: dict[int, list[int]] = {}
