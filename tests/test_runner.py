@@ -16,7 +16,7 @@ from bench.metrics import mean_std, tokens_per_s
 from bench.runner import run_matrix
 from bench.store.db import head_revisions, open_store
 from bench.store.queries import results_frame
-from tests.conftest import BENCH, bench_cli, processes_matching
+from tests.conftest import BENCH, PYTHON, bench_cli, processes_matching
 
 CONTRACT = {
     "run_id",
@@ -154,3 +154,26 @@ def test_results_frame_reads_samples_in_order(models_dir: Path, write_config: Ca
         with store.session() as s:
             frame = results_frame(s, [run_id])
     assert len(frame.loc[0, "samples_pp_ns"]) == 4
+
+
+def test_load_repetitions_load_in_fresh_processes_and_load_time_becomes_gateable(
+    models_dir: Path, write_config: Callable[..., Path], db_url: str
+) -> None:
+    from bench.compare import compare
+    from bench.gate import evaluate
+    from bench.sequential import Outcome
+
+    builds = [{"name": "a", "python": PYTHON}, {"name": "b", "python": PYTHON}]
+    model = [{"name": "q4", "path": str(models_dir / "tiny-Q4_0.gguf")}]
+    cfg = load_config(write_config(model, builds=builds, repetitions=2, load_repetitions=3))
+    with open_store(db_url) as store:
+        run_id = run_matrix(store, cfg, show_progress=False)
+        with store.session() as s:
+            frame = results_frame(s, [run_id]).set_index("build")
+            loads = frame.loc["a", "samples_load_ns"]
+            assert len(loads) == 3 and all(ns > 0 for ns in loads)  # three loads, each its own process
+            assert frame.loc["a", "load_s"] == sum(loads) / 3 / 1e9
+            verdict = evaluate(compare(s, "a", "b"), cfg.gate_settings())
+    load = next(c for c in verdict.checks if c.metric == "load_s")
+    # three loads a side pair into three process pairs: below the four the gate needs, reported honestly
+    assert load.outcome is Outcome.REPORTED and "3 loads a side" in load.message
