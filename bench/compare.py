@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from bench.errors import ConfigError, StoreError
 from bench.metrics import METRICS, tokens_per_s
+from bench.store.annotations import engines_of
 from bench.store.queries import results_frame, runs_frame
 from bench.store.standing import standing_frame
 
@@ -76,6 +77,13 @@ class Comparison:
     mixed_settings: tuple[str, ...] = ()
     # every run whose samples were pooled into each side (its own runs plus equal-settings repeats)
     pooled_runs: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
+    # the engine(s) behind each side: one GGUF through llama-bench, llama-cpp-python and KoboldCPP shows
+    # each wrapper's overhead, and such a comparison is labelled as one
+    engines: tuple[str, str] = ("", "")
+
+    @property
+    def cross_engine(self) -> bool:
+        return self.engines[0] != self.engines[1]
 
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
@@ -315,6 +323,7 @@ def compare(
         compare_frames(base, cand, ci=ci),
         tuple(mixed),
         (tuple(sorted({int(r) for r in base["run_id"]})), tuple(sorted({int(r) for r in cand["run_id"]}))),
+        (engines_of(session, baseline.result_ids), engines_of(session, candidate.result_ids)),
     )
 
 

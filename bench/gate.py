@@ -249,6 +249,9 @@ def markdown(verdict: Verdict, note: str | None = None) -> str:
     lines = [f"## perfgate: {head} — {cmp.candidate.label} vs {cmp.baseline.label}", ""]
     if cmp.cross_machine:
         lines += [f"> **cross-machine comparison**: {cmp.baseline.machine} vs {cmp.candidate.machine}", ""]
+    if cmp.cross_engine:
+        lines += [f"> **cross-engine comparison**: {cmp.baseline.label} through {cmp.engines[0]}, "
+                  f"{cmp.candidate.label} through {cmp.engines[1]}", ""]  # fmt: skip
     if cmp.mixed_settings:
         lines += [f"> **different suite settings**, compared on request: {_md('; '.join(cmp.mixed_settings))}", ""]
     if note:
@@ -275,6 +278,7 @@ def to_json(verdict: Verdict, extra: dict[str, Any] | None = None) -> str:
         "candidate": cmp.candidate.label,
         "pooled_runs": {"baseline": list(cmp.pooled_runs[0]), "candidate": list(cmp.pooled_runs[1])},
         "cross_machine": cmp.cross_machine,
+        "engines": {"baseline": cmp.engines[0], "candidate": cmp.engines[1]},
         "mixed_settings": list(cmp.mixed_settings),
         "checks": [
             {k: _finite(v) for k, v in {**asdict(c), "outcome": c.outcome.value}.items()} for c in verdict.checks

@@ -262,3 +262,21 @@ def test_an_engine_that_cannot_run_is_build_failed_and_the_matrix_goes_on(
     assert rows[("broken-bench", "tiny")]["status"] == "build_failed"
     assert "cannot run on this machine" in rows[("broken-bench", "tiny")]["reason"]
     assert rows[("local", "tiny")]["status"] == "ok"
+
+
+def test_one_gguf_through_two_engines_compares_and_is_labelled_cross_engine(
+    build_cache: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    folder = _replay(tmp_path, "1.61", ["bench-tiny-r1", "bench-tiny-r2"], "1.61-tiny.csv")
+    builds = [{"name": "kcpp", "engine": "koboldcpp", "path": str(folder)}, {"name": "worker", "python": PYTHON}]
+    cfg = _write(
+        tmp_path, [{"name": "tiny", "path": str(models_dir / "tiny-Q4_0.gguf")}], builds, build_cache,
+        n_prompt=412, n_gen=100, repetitions=2, expect_gpu=False,
+    )  # fmt: skip
+    db = tmp_path / "x.sqlite"
+    _run(cfg, db, tmp_path)
+    proc = bench_cli("compare", "--baseline", "kcpp", "--candidate", "worker", "--db", str(db), "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["engines"] == {"baseline": "koboldcpp", "candidate": "llama-cpp-python"}
+    gate = bench_cli("gate", "--baseline", "kcpp", "--candidate", "worker", "--db", str(db), "--config", str(cfg))
+    assert "cross-engine comparison" in gate.stdout and "through koboldcpp" in gate.stdout

@@ -44,11 +44,14 @@ def compare_cmd(
     title = f"{result.candidate.label} vs {result.baseline.label}" + (
         " [CROSS-MACHINE]" if result.cross_machine else ""
     )
+    if result.cross_engine:
+        title += f" [CROSS-ENGINE {result.engines[1]} vs {result.engines[0]}]"
     if fmt == "json":
         payload = {
             "baseline": result.baseline.__dict__,
             "candidate": result.candidate.__dict__,
             "cross_machine": result.cross_machine,
+            "engines": {"baseline": result.engines[0], "candidate": result.engines[1]},
             "mixed_settings": list(result.mixed_settings),
             "rows": render.records(table),
         }

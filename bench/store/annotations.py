@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bench.store.models import Build, Run
+from bench.store.models import Build, Result, Run
 
 
 def merge_build_details(session: Session, build_id: int, info: dict[str, Any]) -> None:
@@ -33,3 +33,13 @@ def tagged_runs(session: Session, key: str) -> list[tuple[int, dict[str, Any]]]:
     """(run id, its `key` tag) of every run carrying that tag, oldest first."""
     rows = session.execute(select(Run.id, Run.settings).order_by(Run.id)).all()
     return [(rid, settings[key]) for rid, settings in rows if isinstance(settings, dict) and key in settings]
+
+
+def engines_of(session: Session, result_ids: tuple[int, ...]) -> str:
+    """The engine(s) that measured these results, from their builds' details ("llama-cpp-python" when a
+    build names none: round-one builds and imports of perfgate's own results)."""
+    rows = session.execute(
+        select(Build.details).join(Result, Result.build_id == Build.id).where(Result.id.in_(result_ids))
+    ).scalars()
+    found = {(d or {}).get("engine") or (d or {}).get("tool") or "llama-cpp-python" for d in rows}
+    return "+".join(sorted(found))
