@@ -158,7 +158,18 @@ def import_llama_bench(session: Session, path: Path, build_name: str, *, machine
                 "layers_offloaded": None if not gpu else any_test.get("n_gpu_layers"),
             },
         )
-        record_result(session, run.id, build.id, model.id, m, rounds_total=1, commit=False)
+        measured = _parse_time(any_test.get("test_time"))
+        record_result(
+            session,
+            run.id,
+            build.id,
+            model.id,
+            m,
+            rounds_total=1,
+            started_at=measured,
+            finished_at=measured,
+            commit=False,
+        )
     return run.id
 
 
@@ -272,7 +283,10 @@ def import_pytest_benchmark(session: Session, path: Path, build_name: str, *, ma
         model = upsert_model(session, name, f"pytest-benchmark:{name}", None, None, {})
         pp, tg = tests.get("pp", ([], 0)), tests.get("tg", ([], 0))
         m = Measurement("ok", "imported from pytest-benchmark", pp[1], tg[1], samples_pp_ns=pp[0], samples_tg_ns=tg[0])
-        record_result(session, run.id, build.id, model.id, m, rounds_total=1, commit=False)
+        when = _parse_time(data.get("datetime"))
+        record_result(
+            session, run.id, build.id, model.id, m, rounds_total=1, started_at=when, finished_at=when, commit=False
+        )
     return run.id
 
 
@@ -374,6 +388,7 @@ def import_perfgate(session: Session, path: Path) -> list[int]:
             rounds_total=1,
             commit=False,
             started_at=_parse_time(r.get("started_at")),
+            finished_at=_parse_time(r.get("finished_at") or r.get("started_at")),
         )
     return sorted(run.id for key, run in runs.items() if key not in skipped)
 

@@ -123,6 +123,7 @@ def record_result(
     *,
     rounds_total: int = 1,
     started_at: datetime | None = None,
+    finished_at: datetime | None = None,
     commit: bool = True,
 ) -> Result:
     """Store (or extend, for interleaved rounds) one result and commit it (or leave the commit to an
@@ -175,7 +176,8 @@ def record_result(
         elif m.status != "ok":
             result.log.text += f"\n--- round {result.rounds_done} ---\n{m.log}"
     if result.rounds_done >= rounds_total or m.status != "ok":
-        result.finished_at = utcnow()
+        # an import keeps the time the file says it was measured: "newest" means newest measured
+        result.finished_at = finished_at or utcnow()
     if commit:
         session.commit()
     else:
