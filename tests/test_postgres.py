@@ -72,7 +72,10 @@ def test_four_runners_into_one_postgres_lose_duplicate_and_mix_nothing(
     with open_store(pg_url) as store, store.session() as session:
         runs = session.execute(select(Run.id, Machine.details).join(Machine, Run.machine_id == Machine.id)).all()
         frame = results_frame(session)
-        samples = session.execute(select(Sample.result_id, Sample.test, Sample.seq)).all()
+        # throughput samples (a load's own samples, test "load", come one per fresh-process load)
+        samples = session.execute(
+            select(Sample.result_id, Sample.test, Sample.seq).where(Sample.test.in_(("pp", "tg")))
+        ).all()
         logs = session.scalar(select(func.count()).select_from(ResultLog))
     assert sorted(d["machine_id"] for _, d in runs) == sorted(procs)  # one run per machine, four machines
     assert len(list(tmp_path.glob("perfgate-run-*.lock"))) == 4  # four machines, four locks: nobody waited
@@ -180,7 +183,7 @@ def test_kill_9_mid_run_then_resume_loses_nothing_on_postgres(
         after = session.execute(select(Result.id, Result.model_id, Result.pp_ts, Result.status).order_by(Result.id))
         after_rows = after.all()
         assert session.scalars(select(Run.status)).all() == ["complete"]
-        n_samples = session.scalar(select(func.count()).select_from(Sample))
+        n_samples = session.scalar(select(func.count()).select_from(Sample).where(Sample.test.in_(("pp", "tg"))))
     assert len(after_rows) == 5 and {r[3] for r in after_rows} == {"ok"}
     assert [tuple(r[:3]) for r in after_rows[: len(before)]] == [tuple(r) for r in before]
     assert n_samples == 5 * 2 * 6
@@ -236,7 +239,7 @@ def test_two_pushes_of_one_file_at_once_copy_each_run_once(pg_url: str, small_co
     outs = [p.communicate(timeout=300)[0] for p in pushes]
     assert [p.returncode for p in pushes] == [0, 0, 0], outs
     assert _count(pg_url, Run) == 3 and _count(pg_url, Result) == 3 * 2
-    assert _count(pg_url, Sample) == 3 * 2 * 2 * REPS
+    assert _count(pg_url, Sample) == _count(local, Sample) > 0
 
 
 def test_postgres_timestamps_carry_a_time_zone_whatever_the_session_zone(
