@@ -10,6 +10,7 @@ do not let a page fetch() files from file://, and a script file of the site's ow
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import json
@@ -161,6 +162,13 @@ class Builder:
         self.run_bandwidth = res.groupby("run_id")["bandwidth_gbs"].max().fillna(0).to_dict()
         self.run_rows = {int(r): row for r, row in zip(data.runs["run_id"], data.runs.to_dict("records"), strict=True)}
         self.verdicts: dict[str, Verdict] = {}
+        runs_by_id = data.runs.set_index("run_id", drop=False)
+        self.run_series = {int(r): runs_by_id.iloc[i] for i, r in enumerate(runs_by_id.index)}
+        by_fp = data.machines.drop_duplicates("fingerprint").set_index("fingerprint", drop=False)
+        self.machine_series = {fp: by_fp.iloc[i] for i, fp in enumerate(by_fp.index)}
+        self.builds_of: dict[frozenset[str], list[dict[str, Any]]] = {}
+        self.run_frames: dict[int, pd.DataFrame] = {}
+        self.run_results: dict[int, list[Any]] = {}
 
     # -- helpers ----------------------------------------------------------------------------------------
     def render(self, rel: str, template: str, key: str, **ctx: Any) -> None:
@@ -333,11 +341,25 @@ class Builder:
             self.run_bandwidth.get(run_id),
         )
 
-    def run_page(self, run_id: int, res: pd.DataFrame, key: str, links: dict[str, str]) -> None:
-        run = self.data.runs[self.data.runs["run_id"] == run_id].iloc[0]
-        machine = self.data.machines[self.data.machines["fingerprint"] == run["machine_fingerprint"]].iloc[0]
-        names = set(res["build"])
-        builds = self.data.builds[self.data.builds["name"].isin(names)] if len(self.data.builds) else self.data.builds
+    def prepare_runs(self, frame: pd.DataFrame) -> None:
+        """What the run pages of `frame`'s runs show, split per run once: a worker then formats no frame, and
+        rows with attributes let the template read `r.build` without a failed getattr on a dict first."""
+        self.run_frames = {int(r): g for r, g in frame.groupby("run_id", sort=True)}
+        rows = [_RunRow(*t) for t in zip(*(frame[c].tolist() for c in _RUN_ROW), strict=True)]
+        self.run_results = {}
+        for run_id, row in zip(frame["run_id"].tolist(), rows, strict=True):
+            self.run_results.setdefault(int(run_id), []).append(row)
+
+    def builds_shown(self, names: frozenset[str]) -> list[dict[str, Any]]:
+        if names not in self.builds_of:
+            found = self.data.builds
+            self.builds_of[names] = render.records(found[found["name"].isin(names)] if len(found) else found)
+        return self.builds_of[names]
+
+    def run_page(self, run_id: int, key: str, links: dict[str, str]) -> None:
+        res = self.run_frames[run_id]
+        run = self.run_series[run_id]
+        machine = self.machine_series[run["machine_fingerprint"]]
         self.out.write(
             f"data/run-{run_id}.json",
             res[[*RESULT_COLUMNS, "log", "tg_roofline_pct"]].to_json(orient="records", date_format="iso"),
@@ -349,8 +371,8 @@ class Builder:
             key,
             run=run,
             run_id=run_id,
-            results=res[_RUN_ROW].to_dict(orient="records"),
-            builds=render.records(builds),
+            results=self.run_results[run_id],
+            builds=self.builds_shown(frozenset(res["build"])),
             machine=machine,
             load_matrix=matrix(res),
             links=links,
@@ -543,6 +565,9 @@ def _display_columns(frame: pd.DataFrame) -> dict[str, list[str]]:
     }
 
 
+_RunRow = collections.namedtuple("_RunRow", _RUN_ROW)  # type: ignore[misc]
+
+
 # --- the build, in parallel where pages are independent ---------------------------------------------------
 
 _ACTIVE: Builder | None = None
@@ -558,8 +583,8 @@ def _work(item: tuple[str, Any]) -> tuple[str, Any]:
         pair, key = arg
         result: Any = (b.pair_rel(pair), pair.kind, b.compare_page(pair, b.verdict(pair), key))
     elif kind == "run":
-        run_id, res, key, links = arg
-        b.run_page(run_id, res, key, links)
+        run_id, key, links = arg
+        b.run_page(run_id, key, links)
         result = None
     else:
         fp, model, rows = arg
@@ -660,10 +685,11 @@ def _build(b: Builder) -> int:
         frame = frame.join(extra, on="result_id")
         frame = frame.assign(**_display_columns(frame))
         frame["tg_roofline_pct"] = frame["tg_roofline_pct"].astype(object).where(frame["tg_roofline_pct"].notna(), None)
-        for r, g in frame.groupby("run_id", sort=True):
+        b.prepare_runs(frame)
+        for r, g in b.run_frames.items():
             fp = str(g["machine_fingerprint"].iloc[0])
-            links = {str(bn): nightly_rel[(fp, int(r), bn)] for bn in g["build"] if (fp, int(r), bn) in nightly_rel}
-            work.append(("run", (int(r), g, run_keys[int(r)], links)))
+            links = {str(bn): nightly_rel[(fp, r, bn)] for bn in g["build"] if (fp, r, bn) in nightly_rel}
+            work.append(("run", (r, run_keys[r], links)))
     work += [
         ("history", (str(fp), str(m), g)) for (fp, m), g in res.groupby(["machine_fingerprint", "model"], sort=False)
     ]
