@@ -169,6 +169,7 @@ class Builder:
         self.builds_of: dict[frozenset[str], list[dict[str, Any]]] = {}
         self.run_frames: dict[int, pd.DataFrame] = {}
         self.run_results: dict[int, list[Any]] = {}
+        self.history_rows: dict[tuple[str, str], pd.DataFrame] = {}
 
     # -- helpers ----------------------------------------------------------------------------------------
     def render(self, rel: str, template: str, key: str, **ctx: Any) -> None:
@@ -587,8 +588,8 @@ def _work(item: tuple[str, Any]) -> tuple[str, Any]:
         b.run_page(run_id, key, links)
         result = None
     else:
-        fp, model, rows = arg
-        result = b.history_page(fp, model, rows)
+        fp, model = arg
+        result = b.history_page(fp, model, b.history_rows[(fp, model)])
     new = {k: v for k, v in b.out.pages.items() if before.get(k) != v}
     return kind, (result, new, b.out.written - written, b.compare_s - compare_s)
 
@@ -602,7 +603,15 @@ def _in_parallel(builder: Builder, work: list[tuple[str, Any]]) -> list[tuple[st
         if workers < 2 or len(work) < 8 or "fork" not in mp.get_all_start_methods() or sys.platform == "darwin":
             return [_work(item) for item in work]
         with mp.get_context("fork").Pool(workers) as pool:
-            outcomes = pool.map(_work, work, chunksize=max(1, len(work) // (workers * 4)))
+            # the comparisons come first and cost the most: one at a time, so no worker gets several of them
+            first = [item for item in work if item[0] == "compare"]
+            rest = work[len(first) :]
+            pending = [
+                pool.map_async(_work, items, chunksize=size)
+                for items, size in ((first, 1), (rest, max(1, len(rest) // (workers * 4))))
+                if items
+            ]
+            outcomes = [outcome for p in pending for outcome in p.get()]
         for _, (_, pages, written, compare_s) in outcomes:
             builder.out.pages.update(pages)
             builder.out.written += written
@@ -693,9 +702,9 @@ def _build(b: Builder) -> int:
             fp = str(g["machine_fingerprint"].iloc[0])
             links = {str(bn): nightly_rel[(fp, r, bn)] for bn in g["build"] if (fp, r, bn) in nightly_rel}
             work.append(("run", (r, run_keys[r], links)))
-    work += [
-        ("history", (str(fp), str(m), g)) for (fp, m), g in res.groupby(["machine_fingerprint", "model"], sort=False)
-    ]
+    # forked workers read the frames from the builder they inherit: a work item carries keys, not pickled frames
+    b.history_rows = {(str(fp), str(m)): g for (fp, m), g in res.groupby(["machine_fingerprint", "model"], sort=False)}
+    work += [("history", key) for key in b.history_rows]
     outcomes = _in_parallel(b, work)
     entries = [result for kind, (result, *_) in outcomes if kind == "history"]
     for kind, (result, *_) in outcomes:
