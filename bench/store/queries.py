@@ -129,12 +129,14 @@ def _columns(session: Session, stmt: Select[Any]) -> dict[str, list[Any]]:
     result = connection.execute(stmt)
     try:
         rows = result.cursor.fetchall()  # the driver's plain tuples; the conversions follow, column by column
+        described = result.cursor.description
     finally:
         result.close()
     out: dict[str, list[Any]] = {}
     for n, (name, column) in enumerate(zip(result.keys(), stmt.selected_columns, strict=True)):
         values = [r[n] for r in rows]
-        process = column.type.dialect_impl(connection.dialect).result_processor(connection.dialect, None)
+        impl = column.type.dialect_impl(connection.dialect)
+        process = impl.result_processor(connection.dialect, described[n][1])
         out[name] = [None if v is None else process(v) for v in values] if process is not None else values
     return out
 
