@@ -88,11 +88,15 @@ def evaluate(comparison: Comparison, gate: GateConfig | None = None, *, pairs_pe
     gate = gate or GateConfig()
     table = comparison.table
     checks: list[Check] = []
-    for model, rows in table.groupby("model", sort=False):
-        first = rows.iloc[0]
-        base_status, cand_status = first["baseline_status"], first["candidate_status"]
+    # one pass over the table's rows, grouped by model in order of first appearance (as groupby(sort=False))
+    by_model: dict[Any, list[Any]] = {}
+    for row in table.itertuples():
+        by_model.setdefault(row.model, []).append(row)
+    for model, rows in by_model.items():
+        first = rows[0]
+        base_status, cand_status = first.baseline_status, first.candidate_status
         if base_status == Status.OK and cand_status != Status.OK:
-            reason = first["candidate_reason"]
+            reason = first.candidate_reason
             if missing(reason) or not reason:
                 reason = "not measured for the candidate"
             checks.append(
@@ -118,7 +122,7 @@ def evaluate(comparison: Comparison, gate: GateConfig | None = None, *, pairs_pe
         limits = gate.limits(str(model))
         judged = [
             _judge(str(model), str(row.metric), row, limits[str(row.metric)], gate.alpha, pairs_per_round)
-            for row in rows.itertuples()
+            for row in rows
             if str(row.metric) in limits
         ]
         checks += judged

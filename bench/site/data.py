@@ -174,7 +174,11 @@ def side_identity(data: SiteData, ids: tuple[int, ...]) -> dict[str, str]:
     if not data.build_of:
         res, builds = data.results, data.builds
         data.build_of = dict(
-            zip(res["result_id"].tolist(), zip(res["build"], res["build_sha"], strict=True), strict=True)
+            zip(
+                res["result_id"].tolist(),
+                zip(res["build"].tolist(), res["build_sha"].tolist(), strict=True),
+                strict=True,
+            )
         )
         data.identity_of = {
             (str(b["name"]), str(b["identity_sha"])): identity_fields(b) for b in builds.to_dict(orient="records")
@@ -251,9 +255,14 @@ def nightly_pairs(data: SiteData) -> list[Pair]:
     `dashboard.nightly_pages` runs against the run before it."""
     res = data.results
     keyed = res[["machine_fingerprint", "build", "run_id", "x", "result_id"]].sort_values(["x", "result_id"])
+    # per machine and build line, each run's result ids in order: one pass over plain lists, not a group per run
+    lines: dict[tuple[Any, Any], dict[int, list[int]]] = {}
+    columns = (keyed[c].tolist() for c in ("machine_fingerprint", "build", "run_id", "result_id"))
+    for fp, build, run, result in zip(*columns, strict=True):
+        lines.setdefault((fp, build), {}).setdefault(int(run), []).append(int(result))
     pairs = []
-    for (fp, build), rows in keyed.groupby(["machine_fingerprint", "build"], sort=False):
-        by_run = {int(r): tuple(int(i) for i in g["result_id"]) for r, g in rows.groupby("run_id", sort=False)}
+    for (fp, build), runs in lines.items():
+        by_run = {r: tuple(ids) for r, ids in runs.items()}
         ordered = list(by_run)[-(data.settings.nightly_pages + 1) :] if data.settings.nightly_pages else []
         for before, after in itertools.pairwise(ordered):
             pairs.append(
