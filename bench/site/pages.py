@@ -36,7 +36,7 @@ from bench.package_data import data_dir
 from bench.site import data as site_data
 from bench.site.data import Pair, SiteData
 from bench.site.output import SiteOutput, content_key, file_key
-from bench.store.queries import RESULT_COLUMNS, all_logs, attach_logs, results_frame
+from bench.store.queries import RESULT_COLUMNS, all_logs, attach_logs, results_frame, with_samples
 from bench.store.standing import standing
 
 TEMPLATES = data_dir("bench._templates", "dashboard/templates")
@@ -187,7 +187,8 @@ class Builder:
             return
         res = self.data.results
         runs = sorted({int(r) for r in res[res["result_id"].isin(result_ids)]["run_id"]})
-        frame = results_frame(self.session, None if len(runs) > 200 else runs)
+        # most of the store: the results are already read (site data), only their samples are not
+        frame = with_samples(self.session, res) if len(runs) > 200 else results_frame(self.session, runs)
         self.samples = frame[frame["result_id"].isin(result_ids)].set_index("result_id", drop=False)
         # compare_frames walks rows: hand it only the columns it reads (a wide row costs 20× more)
         wanted = ["result_id", "run_id", "model", "status", "reason", "n_prompt", "n_gen", "rounds", *METRICS]
@@ -541,6 +542,18 @@ def _display_columns(frame: pd.DataFrame) -> dict[str, list[str]]:
     def col(name: str) -> list[Any]:
         return frame[name].tolist()
 
+    # sizes repeat across runs (one model file, its buffers): each distinct value is formatted once
+    human: dict[Any, str] = {}
+
+    def size(value: Any) -> str:
+        try:
+            return human[value]
+        except KeyError:
+            text = human[value] = render.human_bytes(value)
+            return text
+        except TypeError:  # unhashable
+            return render.human_bytes(value)
+
     return {
         "layers_txt": [
             ("–" if render.missing(t) else f"{o}/{t}")
@@ -549,15 +562,14 @@ def _display_columns(frame: pd.DataFrame) -> dict[str, list[str]]:
         "pp_txt": [render.fmt_ts(m, s) for m, s in zip(col("pp_ts"), col("pp_ts_std"), strict=True)],
         "tg_txt": [render.fmt_ts(m, s) for m, s in zip(col("tg_ts"), col("tg_ts_std"), strict=True)],
         "buffers_txt": [
-            " / ".join(render.human_bytes(v) for v in vs)
+            " / ".join(size(v) for v in vs)
             for vs in zip(col("model_buf_bytes"), col("kv_bytes"), col("compute_bytes"), strict=True)
         ],
-        "rss_txt": [render.human_bytes(v) for v in col("rss_peak_bytes")],
+        "rss_txt": [size(v) for v in col("rss_peak_bytes")],
         "gpu_txt": [
-            f"{render.human_bytes(u)} / {render.human_bytes(b)}"
-            for u, b in zip(col("gpu_used_bytes"), col("device_budget_bytes"), strict=True)
+            f"{size(u)} / {size(b)}" for u, b in zip(col("gpu_used_bytes"), col("device_budget_bytes"), strict=True)
         ],
-        "file_txt": [render.human_bytes(v) for v in col("model_bytes")],
+        "file_txt": [size(v) for v in col("model_bytes")],
         "load_txt": ["–" if render.missing(v) else f"{v:.3f}" for v in col("load_s")],
         "exit_txt": [
             " ".join(str(x) for x in (e, g) if not render.missing(x))

@@ -109,17 +109,32 @@ def results_frame(session: Session, run_ids: list[int] | None = None, *, with_sa
     for test in SAMPLE_TESTS:
         frame[f"samples_{test}_ns"] = [empty] * len(frame)
     if with_samples and len(frame):
-        for test in SAMPLE_TESTS:
-            ids, ns = _sample_arrays(session, test, run_ids)
-            # rows arrive ordered by result: split the ns column where the result id changes
-            lists: dict[int, list[int]] = {}
-            if len(ids):
-                starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-                lists = dict(zip(ids[starts].tolist(), (c.tolist() for c in np.split(ns, starts[1:])), strict=True))
-            frame[f"samples_{test}_ns"] = [lists.get(i, empty) for i in frame["result_id"].tolist()]
+        _attach_samples(session, frame, run_ids)
     frame = frame[RESULT_COLUMNS]
     # nullable integers: a missing figure must not turn the others into floats (33.0 layers)
     return frame.astype({c: "Int64" for c in INT_COLUMNS})
+
+
+def with_samples(session: Session, frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of a `results_frame(session, with_samples=False)` read of the whole store, its samples filled in:
+    what `results_frame(session)` returns, without reading the results a second time."""
+    out = frame[RESULT_COLUMNS].copy()
+    if len(out):
+        _attach_samples(session, out, None)
+    return out
+
+
+def _attach_samples(session: Session, frame: pd.DataFrame, run_ids: list[int] | None) -> None:
+    """Fill the samples_*_ns columns of `frame` (the results of `run_ids`, or of the whole store) in place."""
+    empty: list[int] = []
+    for test in SAMPLE_TESTS:
+        ids, ns = _sample_arrays(session, test, run_ids)
+        # rows arrive ordered by result: split the ns column where the result id changes
+        lists: dict[int, list[int]] = {}
+        if len(ids):
+            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
+            lists = dict(zip(ids[starts].tolist(), (c.tolist() for c in np.split(ns, starts[1:])), strict=True))
+        frame[f"samples_{test}_ns"] = [lists.get(i, empty) for i in frame["result_id"].tolist()]
 
 
 def _columns(session: Session, stmt: Select[Any]) -> dict[str, list[Any]]:
