@@ -143,6 +143,8 @@ def test_sigkill_mid_matrix_keeps_finished_results_and_resume_completes(
 
 
 def test_results_of_unknown_run_is_a_usage_error(db_url: str) -> None:
+    with open_store(db_url):  # an existing, empty store: read-only commands never make one
+        pass
     proc = bench_cli("results", "--db", db_url, "--run", "42")
     assert proc.returncode == 2 and "no run 42" in proc.stderr
 
