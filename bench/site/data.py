@@ -95,7 +95,7 @@ def ci95(mean_std_n: pd.DataFrame, metric: str) -> pd.Series:
 
 
 def load(session: Session, settings: DashboardConfig, gate: GateConfig) -> SiteData:
-    results = results_frame(session, with_samples=False)
+    results = results_frame(session, with_samples=False, with_memory=False)
     runs = runs_frame(session)
     machines = machines_frame(session)
     builds = builds_frame(session)

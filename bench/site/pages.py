@@ -162,8 +162,7 @@ class Builder:
         self.run_bandwidth = res.groupby("run_id")["bandwidth_gbs"].max().fillna(0).to_dict()
         self.run_rows = {int(r): row for r, row in zip(data.runs["run_id"], data.runs.to_dict("records"), strict=True)}
         self.verdicts: dict[str, Verdict] = {}
-        runs_by_id = data.runs.set_index("run_id", drop=False)
-        self.run_series = {int(r): runs_by_id.iloc[i] for i, r in enumerate(runs_by_id.index)}
+        self.runs_by_id = data.runs.set_index("run_id", drop=False)
         by_fp = data.machines.drop_duplicates("fingerprint").set_index("fingerprint", drop=False)
         self.machine_series = {fp: by_fp.iloc[i] for i, fp in enumerate(by_fp.index)}
         self.builds_of: dict[frozenset[str], list[dict[str, Any]]] = {}
@@ -360,7 +359,7 @@ class Builder:
 
     def run_page(self, run_id: int, key: str, links: dict[str, str]) -> None:
         res = self.run_frames[run_id]
-        run = self.run_series[run_id]
+        run = self.runs_by_id.iloc[self.runs_by_id.index.get_loc(run_id)]
         machine = self.machine_series[run["machine_fingerprint"]]
         self.out.write(
             f"data/run-{run_id}.json",

@@ -86,13 +86,18 @@ INT_COLUMNS = [f for f in _RESULT_FIELDS if isinstance(Result.__table__.c[f].typ
 INT_FIELDS = tuple(c for c in INT_COLUMNS if c not in ("run_id", "result_id", "n_prompt", "n_gen", "repetitions"))
 
 
-def results_frame(session: Session, run_ids: list[int] | None = None, *, with_samples: bool = True) -> pd.DataFrame:
+def results_frame(
+    session: Session, run_ids: list[int] | None = None, *, with_samples: bool = True, with_memory: bool = True
+) -> pd.DataFrame:
     """One row per stored result, in the `bench results --format json` contract's columns.
 
-    Plain column selects (no ORM objects): the dashboard reads 100,000 results through here."""
+    Plain column selects (no ORM objects): the dashboard reads 100,000 results through here. Without samples
+    the samples columns are empty lists; without memory the `memory` column is None (decoding 100,000 JSON
+    documents nobody reads costs a second: `with_samples` reads them for the rows that are shown)."""
+    fields = _RESULT_FIELDS if with_memory else tuple(f for f in _RESULT_FIELDS if f != "memory")
     stmt = (
         select(
-            *(getattr(Result, f) for f in _RESULT_FIELDS),
+            *(getattr(Result, f) for f in fields),
             *(column.label(name) for name, column in _JOINED.items()),
         )
         .join(Build, Result.build_id == Build.id)
@@ -104,6 +109,8 @@ def results_frame(session: Session, run_ids: list[int] | None = None, *, with_sa
     if run_ids is not None:
         stmt = stmt.where(Result.run_id.in_(run_ids))
     found = _columns(session, stmt)
+    if not with_memory:
+        found["memory"] = [None] * len(found["run_id"])
     frame = pd.DataFrame(found if len(found["run_id"]) else [], columns=[*_RESULT_FIELDS, *_JOINED])
     empty: list[int] = []
     for test in SAMPLE_TESTS:
@@ -116,11 +123,14 @@ def results_frame(session: Session, run_ids: list[int] | None = None, *, with_sa
 
 
 def with_samples(session: Session, frame: pd.DataFrame) -> pd.DataFrame:
-    """A copy of a `results_frame(session, with_samples=False)` read of the whole store, its samples filled in:
-    what `results_frame(session)` returns, without reading the results a second time."""
+    """A copy of a `results_frame(session, with_samples=False, with_memory=False)` read of the whole store, its
+    samples and memory filled in: what `results_frame(session)` returns, without reading the results again."""
     out = frame[RESULT_COLUMNS].copy()
     if len(out):
         _attach_samples(session, out, None)
+        ids, documents = _columns(session, select(Result.id, Result.memory)).values()
+        memory = dict(zip(ids, documents, strict=True))
+        out["memory"] = [memory[i] for i in out["result_id"].tolist()]
     return out
 
 
