@@ -73,6 +73,11 @@ class ItemSpec:
     n_layer: int | None = None  # from the GGUF header, where readable
     load_repetitions: int = 1  # fresh-process loads per item (the measuring process is the first)
 
+    @property
+    def layers_total(self) -> int | None:
+        """Offloadable layers: the blocks and the output layer, as llama.cpp counts them."""
+        return self.n_layer + 1 if self.n_layer else None
+
 
 class Engine(Protocol):
     name: str

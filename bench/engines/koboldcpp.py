@@ -86,7 +86,7 @@ class KoboldCpp:
         )
 
     def argv(self, item: ItemSpec, csv_path: str) -> list[str]:
-        layers = item.n_gpu_layers if item.n_gpu_layers >= 0 else (item.n_layer + 1 if item.n_layer else 999)
+        layers = item.n_gpu_layers if item.n_gpu_layers >= 0 else (item.layers_total or 999)
         return [
             *self._launcher(),
             "--model",
@@ -117,7 +117,7 @@ class KoboldCpp:
         for i, outcome in enumerate(outcomes, 1):
             rows = parse_csv_rows(outcome.files.get(CSV, "")) if outcome.returncode == 0 else []
             proof = "the --benchmark CSV has this process's row" if rows else None
-            diag = judge(outcome, layers_total=(item.n_layer + 1) if item.n_layer else None, proof=proof)
+            diag = judge(outcome, layers_total=item.layers_total, proof=proof)
             logs.append(f"--- process {i} of {len(outcomes)} (exit {outcome.returncode}) ---\n{outcome.log}")
             if version := _VERSION.search(outcome.log):
                 info["version"] = version[1]
@@ -141,7 +141,7 @@ class KoboldCpp:
             diag,
             outcome,
             wrote_result=wrote,
-            layers_total=(item.n_layer + 1) if item.n_layer else None,
+            layers_total=item.layers_total,
             samples_pp_ns=pp_ns,
             samples_tg_ns=tg_ns,
             fields={},

@@ -120,7 +120,7 @@ class LlamaBench:
         tg = next((t for t in tests if t.get("n_gen", 0) > 0 and t.get("n_prompt", 0) == 0), None)
         wrote = bool(tests) and (pp is not None or item.n_prompt == 0) and (tg is not None or item.n_gen == 0)
         proof = f"llama-bench wrote results for {len(tests)} test(s)" if wrote else None
-        diag = judge(outcome, layers_total=(item.n_layer + 1) if item.n_layer else None, proof=proof)
+        diag = judge(outcome, layers_total=item.layers_total, proof=proof)
         fields: dict[str, Any] = {}
         for test, prefix in ((pp, "pp"), (tg, "tg")):
             if test is not None and "samples_ns" not in test:
@@ -139,7 +139,7 @@ class LlamaBench:
             diag,
             outcome,
             wrote_result=wrote,
-            layers_total=(item.n_layer + 1) if item.n_layer else None,
+            layers_total=item.layers_total,
             samples_pp_ns=[int(x) for x in (pp or {}).get("samples_ns", [])],
             samples_tg_ns=[int(x) for x in (tg or {}).get("samples_ns", [])],
             fields=fields,
