@@ -14,7 +14,7 @@ from typing import Any
 from bench.builds.cache import BuildRecord
 from bench.config import DEFAULT_PYTHON, BuildConfig, Config
 from bench.engines.base import Engine, ItemSpec, ProcessOutcome, ProcessSpec, run_isolated
-from bench.engines.koboldcpp import KoboldCpp
+from bench.engines.kobold import KoboldCpp
 from bench.engines.llama_bench import LlamaBench
 from bench.engines.llama_cpp_python import LlamaCppPython
 from bench.engines.paths import locate_engine_path
