@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bench.engines.koboldcpp import parse_csv_rows
+from bench.engines.kobold import parse_csv_rows
 from bench.engines.llama_bench import parse_output
 from tests.conftest import PYTHON, bench_cli
 from tests.test_builds import build_config
