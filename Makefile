@@ -98,6 +98,7 @@ bench: install vendor
 	$(PY) benchmarks/changes_calibration.py --cpu-rounds 20
 	$(PY) benchmarks/build_cache.py
 	$(PY) benchmarks/engines_side_by_side.py
+	$(PY) benchmarks/bisect_bench.py
 
 clean:
 	rm -rf $(VENV) .cache dashboard/site models db/*.sqlite*

@@ -37,7 +37,12 @@ def _commit(repo: Path, message: str) -> str:
 
 @pytest.fixture(scope="module")
 def history(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    repo = tmp_path_factory.mktemp("bisect") / "llama.cpp"
+    return make_history(tmp_path_factory.mktemp("bisect") / "llama.cpp")
+
+
+def make_history(repo: Path) -> dict[str, Any]:
+    """The test history (also what benchmarks/bisect_bench.py bisects): 7 commits after `good`, one that does
+    not compile, one with a real busy wait in graph compute; then 4 more, one renaming the architecture."""
     copy_vendored(repo)
     _git(repo, "init", "-q", "-b", "master")
     shas = {"good": _commit(repo, "base")}
