@@ -50,7 +50,9 @@ def main() -> None:
             skips = sum(1 for _, mark in tried if mark == "skip")
             found = f"first bad commit: {expected}" in out
             print(
-                f"{label}: {len(tried)} commits tried ({skips} skipped) + the good build, {seconds:.0f} s wall; "
+                f"{label}: {len(tried)} commits tried ({skips} skipped)"
+                + (" + the good build" if "--metric" in args and "load" not in args else "")
+                + f", {seconds:.0f} s wall; "
                 f"{'found the planted commit' if found else 'DID NOT find the planted commit'}"
             )
 
