@@ -150,23 +150,19 @@ class PreparedBuild:
     failed: Measurement | None
 
 
-def prepare_builds(
-    config: Config, *, progress: Callable[[str, str], None] | None = None, only: list[str] | None = None
-) -> dict[str, PreparedBuild]:
+def prepare_builds(config: Config, *, progress: Callable[[str, str], None] | None = None) -> dict[str, PreparedBuild]:
     """Build what is missing, then ask each build who it is. A build that cannot be used is a result."""
     suite = config.suite
     prepared = {}
     for build in config.builds:
-        if only is not None and build.name not in only:
-            continue
         record: BuildRecord | None = None
         if build.source is not None:
             record = ensure_built(config, build, progress=_build_progress(build.name, progress))
             if not record.ok:
                 failure = record.failure or {"kind": "build_failed", "line": "the build failed"}
-                ident = BuildIdentity(build.name, False, error_log=record.log_text(), details=record.details())
-                reason = f"{failure['kind']}: {failure['line']}"
                 log = record.log_text()
+                ident = BuildIdentity(build.name, False, error_log=log, details=record.details())
+                reason = f"{failure['kind']}: {failure['line']}"
                 failed = Measurement(Status.BUILD_FAILED, reason, suite.n_prompt, suite.n_gen, log=log[-LOG_TAIL:])
                 prepared[build.name] = PreparedBuild(ident, None, failed)
                 continue
