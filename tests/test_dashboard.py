@@ -524,3 +524,16 @@ def test_baseline_pattern_picks_the_newest_earlier_matching_build(tmp_path: Path
         build_site(store, tmp_path / "site", None, DashboardConfig(baseline_pattern="v*"))
     shown = json.loads((tmp_path / "site" / "data" / "overview.json").read_text())["machines"][0]
     assert [(c["candidate"]["build"], c["baseline"]["build"]) for c in shown["comparisons"]] == [("pr-7", "v1.1")]
+
+
+def test_a_machine_without_a_gpu_beside_one_with_builds_the_site(tmp_path: Path) -> None:
+    """A GPU machine's import next to a CPU-only one: the machines' gpu column holds a name and a missing value."""
+    db = f"sqlite:///{tmp_path / 'mixed.sqlite'}"
+    for args in (
+        ("import", str(REPO / "benchmarks" / "results" / "cpu_fallback.json"), "--format", "perfgate"),
+        ("import", str(REPO / "tests" / "data" / "llama-bench-t1.jsonl"), "--build", "cpu"),
+        ("dashboard", "--out", str(tmp_path / "site")),
+    ):
+        proc = bench_cli(*args, "--db", db)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "site" / "index.html").exists()

@@ -48,9 +48,10 @@ _PATTERNS = [
 ]
 
 
-def known_bandwidth_gbs(device: str | None) -> float | None:
-    """The bandwidth of a device named like 'NVIDIA H100 80GB HBM3' or 'Apple M2 Max', if known."""
-    if not device:
+def known_bandwidth_gbs(device: object) -> float | None:
+    """The bandwidth of a device named like 'NVIDIA H100 80GB HBM3' or 'Apple M2 Max', if known (a machine
+    without a GPU reads as None, or NaN from a frame)."""
+    if not isinstance(device, str) or not device:
         return None
     for pattern, gbs in _PATTERNS:
         if pattern.search(device):
@@ -59,11 +60,11 @@ def known_bandwidth_gbs(device: str | None) -> float | None:
 
 
 def machine_bandwidth_gbs(
-    configured: dict[str, float], hostname: str, fingerprint: str, gpu: str | None, cpu: str | None
+    configured: dict[str, float], hostname: str, fingerprint: str, gpu: object, cpu: object
 ) -> float | None:
     """`dashboard.bandwidth_gbs` by hostname, fingerprint or GPU name first, then the table (GPU, then CPU:
     an Apple chip is both)."""
-    for key in (hostname, fingerprint, gpu or "", cpu or ""):
+    for key in (hostname, fingerprint, gpu if isinstance(gpu, str) else "", cpu if isinstance(cpu, str) else ""):
         if key in configured:
             return configured[key]
     return known_bandwidth_gbs(gpu) or known_bandwidth_gbs(cpu)
