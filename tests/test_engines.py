@@ -92,6 +92,11 @@ def test_llama_bench_of_two_llama_cpp_generations_is_stored_compared_and_gated(
     gate = bench_cli("gate", "--baseline", "b-old", "--candidate", "b-new", "--db", str(db), "--config", str(cfg))
     assert gate.returncode in (0, 1, 3), gate.stderr  # a verdict, whatever the two versions' speeds
     assert "b-new" in gate.stdout and "tiny" in gate.stdout
+    verdict = json.loads(
+        bench_cli("gate", "--baseline", "b-old", "--candidate", "b-new", "--db", str(db), "--format", "json").stdout
+    )
+    load = next(c for c in verdict["checks"] if c["model"] == "tiny" and c["metric"] == "load_s")
+    assert load["outcome"] == "reported"  # llama-bench reports no load time: said, never a reason to block
 
 
 def test_two_llama_cpp_python_api_generations_measure_the_same_model(
