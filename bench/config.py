@@ -109,6 +109,8 @@ class BuildConfig(_Strict):
     lib: Path | None = None  # llama-cpp-python: LLAMA_CPP_LIB_PATH
     path: Path | None = None  # llama-bench: the binary or its directory; koboldcpp: its checkout or binary
     source: SourceConfig | None = None  # built by `bench build`
+    # llama-cpp-python: load the libllama of this other build of the config (built from its source), by name
+    library_of: str | None = None
     system: Literal["cmake", "make"] = "cmake"
     cmake_args: list[str] | None = None  # None: suite.cmake_args
     make_vars: dict[str, str | int] = {}
@@ -124,7 +126,11 @@ class BuildConfig(_Strict):
                 raise ValueError("'path' is for the llama-bench and koboldcpp engines; use 'python'/'lib'")
             if built and (self.python is not None or self.lib is not None):
                 raise ValueError("a built llama-cpp-python build gets its 'python'/'lib' from 'source'")
+            if self.library_of is not None and (built or self.python is not None or self.lib is not None):
+                raise ValueError("'library_of' takes the library of another build: give no 'source', 'python' or 'lib'")
         else:
+            if self.library_of is not None:
+                raise ValueError(f"'library_of' is for the llama-cpp-python engine, not {self.engine}")
             if self.python is not None or self.lib is not None:
                 raise ValueError(f"'python'/'lib' are for the llama-cpp-python engine, not {self.engine}")
             if built == (self.path is not None):
@@ -224,7 +230,20 @@ class Config(_Strict):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{kind}: duplicate name {dupes[0]!r}")
+        by_name = {b.name: b for b in self.builds}
+        for build in self.builds:
+            if build.library_of is None:
+                continue
+            other = by_name.get(build.library_of)
+            if other is None or other.source is None or other.source.pip is not None:
+                raise ValueError(
+                    f"builds: {build.name!r}: library_of {build.library_of!r} must name a build of this config "
+                    "built from a git, dir or sdist source"
+                )
         return self
+
+    def build_named(self, name: str) -> BuildConfig:
+        return next(b for b in self.builds if b.name == name)
 
     def resolve(self, p: Path) -> Path:
         p = p.expanduser()
@@ -347,7 +366,7 @@ def _check_files(config: Config, root: yaml.Node | None) -> None:
         return ConfigError(f"{config.source}:{_line_of(root, loc)}: {_dotted(loc)}: {message}")
 
     for i, build in enumerate(config.builds):
-        if build.engine == "llama-cpp-python" and build.source is None:
+        if build.engine == "llama-cpp-python" and build.source is None and build.library_of is None:
             python = config.resolve(build.python or DEFAULT_PYTHON)
             if not (python.exists() and os.access(python, os.X_OK)):
                 raise fail(("builds", i, "python"), f"no executable at {python}")

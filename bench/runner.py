@@ -14,7 +14,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from bench import machine as machine_mod
-from bench.builds.cache import BuildRecord, ensure_built
+from bench.builds.cache import built_for
 from bench.builds.compile import Progress as BuildProgress
 from bench.builds.identity import BuildIdentity
 from bench.config import BuildConfig, Config, ModelConfig
@@ -155,17 +155,15 @@ def prepare_builds(config: Config, *, progress: Callable[[str, str], None] | Non
     suite = config.suite
     prepared = {}
     for build in config.builds:
-        record: BuildRecord | None = None
-        if build.source is not None:
-            record = ensure_built(config, build, progress=_build_progress(build.name, progress))
-            if not record.ok:
-                failure = record.failure or {"kind": "build_failed", "line": "the build failed"}
-                log = record.log_text()
-                ident = BuildIdentity(build.name, False, error_log=log, details=record.details())
-                reason = f"{failure['kind']}: {failure['line']}"
-                failed = Measurement(Status.BUILD_FAILED, reason, suite.n_prompt, suite.n_gen, log=log[-LOG_TAIL:])
-                prepared[build.name] = PreparedBuild(ident, None, failed)
-                continue
+        record = built_for(config, build, progress=_build_progress(build.name, progress))
+        if record is not None and not record.ok:
+            failure = record.failure or {"kind": "build_failed", "line": "the build failed"}
+            log = record.log_text()
+            ident = BuildIdentity(build.name, False, error_log=log, details=record.details())
+            reason = f"{failure['kind']}: {failure['line']}"
+            failed = Measurement(Status.BUILD_FAILED, reason, suite.n_prompt, suite.n_gen, log=log[-LOG_TAIL:])
+            prepared[build.name] = PreparedBuild(ident, None, failed)
+            continue
         engine = make_engine(config, build, record)
         ident = engine.identify()
         if not ident.ok:

@@ -23,7 +23,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.builds.compile import BuildFailure, Progress, ccache, collect_artifacts, compile_tree, toolchain
+from bench.builds.compile import (
+    BuildFailure,
+    Progress,
+    ccache,
+    collect_artifacts,
+    collect_runtime_tree,
+    compile_tree,
+    toolchain,
+)
 from bench.builds.source import ResolvedSource, export, resolve
 from bench.config import BuildConfig, Config
 from bench.errors import ConfigError
@@ -209,6 +217,15 @@ def ensure_built(
         return record
 
 
+def built_for(config: Config, build: BuildConfig, *, progress: Progress | None = None) -> BuildRecord | None:
+    """The cached build a configured build runs from: its own source's, or the build its `library_of` names."""
+    if build.source is not None:
+        return ensure_built(config, build, progress=progress)
+    if build.library_of is not None:
+        return ensure_built(config, config.build_named(build.library_of), progress=progress)
+    return None
+
+
 def _remove_leftovers(cache: Path, key: str) -> None:
     """Temp folders of builds of this key that were killed (we hold the key's lock: none is live)."""
     tmp = cache / ".tmp"
@@ -255,7 +272,9 @@ def _build(cache: Path, plan: BuildPlan, progress: Progress | None) -> BuildReco
                 progress=progress,
             )
             failure = outcome.failure
-            if outcome.ok:
+            if outcome.ok and plan.build.engine == "koboldcpp":
+                artifacts = collect_runtime_tree(tree, plan.targets, out / "bin")
+            elif outcome.ok:
                 artifacts = collect_artifacts(plan.build.system, tree, build_dir, plan.targets, out / "bin")
                 missing = [t for t in plan.targets if not any(name.startswith(t) for name in artifacts)]
                 if missing:

@@ -236,3 +236,25 @@ def collect_artifacts(system: str, tree: Path, build_dir: Path, targets: list[st
         shutil.copy2(path, out / name, follow_symlinks=True)
         sizes[name] = (out / name).stat().st_size
     return sizes
+
+
+# what a KoboldCPP-style program reads beside itself at run time: its script, the libraries it dlopens, the
+# data files it embeds (klite.embd …), Metal shader sources and libraries, adapter and vocabulary files
+_RUNTIME_SUFFIXES = (".py", ".embd", ".json", ".metal", ".metallib")
+_RUNTIME_DIRS = ("kcpp_adapters", "embd_res")
+
+
+def collect_runtime_tree(tree: Path, targets: list[str], out: Path) -> dict[str, int]:
+    """The top level of a tree that runs in place (KoboldCPP: koboldcpp.py beside its libraries and data
+    files), copied into `out` with its layout; sources and object files stay behind (name → bytes)."""
+    out.mkdir(parents=True, exist_ok=True)
+    sizes: dict[str, int] = {}
+    for path in sorted(tree.iterdir()):
+        name = path.name
+        if path.is_dir() and not path.is_symlink() and name in _RUNTIME_DIRS:
+            shutil.copytree(path, out / name, symlinks=True)
+            sizes[name] = sum(f.stat().st_size for f in (out / name).rglob("*") if f.is_file())
+        elif path.is_file() and (name in targets or name.endswith(_RUNTIME_SUFFIXES) or _LIB.search(name)):
+            shutil.copy2(path, out / name, follow_symlinks=True)
+            sizes[name] = (out / name).stat().st_size
+    return sizes

@@ -36,7 +36,8 @@ def build_cmd(
     failed = 0
     for build in chosen:
         if build.source is None:
-            console.print(f"{build.name}: no source (a prebuilt path or interpreter): nothing to build")
+            how = f"the library of {build.library_of}" if build.library_of else "a prebuilt path or interpreter"
+            console.print(f"{build.name}: no source ({how}): nothing to build")
             continue
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console

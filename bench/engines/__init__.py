@@ -29,6 +29,8 @@ def make_engine(config: Config, build: BuildConfig, record: BuildRecord | None =
     env.pop("LLAMA_CPP_LIB_PATH", None)
     env.update(build.env)
     details: dict[str, Any] = record.details() if record is not None else {}
+    if build.library_of is not None:
+        details["library_of"] = build.library_of
     if build.engine == "llama-cpp-python":
         if record is not None and record.system == "pip":
             return LlamaCppPython(build.name, str(record.python), None, env, details)
@@ -38,15 +40,9 @@ def make_engine(config: Config, build: BuildConfig, record: BuildRecord | None =
         lib = str(config.resolve(build.lib)) if build.lib is not None else None
         return LlamaCppPython(build.name, python, lib, env, details)
     if record is not None:
-        program: Path | None = record.bin_dir
-        if build.engine == "koboldcpp":
-            program = Path(record.source.get("location", "")) if record.source.get("in_place") else None
-            if program is None:
-                raise ConfigError(
-                    f"build {build.name!r}: a KoboldCPP built from source runs from its tree: use "
-                    "source: {dir: ..., in_place: true} or point 'path' at the checkout"
-                )
-        assert program is not None
+        # KoboldCPP runs from its own layout: the tree itself when built in place, else the copy in the cache
+        in_place = build.engine == "koboldcpp" and record.source.get("in_place")
+        program = Path(record.source["location"]) if in_place else record.bin_dir
         located, problem = locate_engine_path(build.engine, program)
     else:
         assert build.path is not None
