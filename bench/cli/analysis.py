@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import typer
 from bench.cli.app import ConfigOption, DbOption, app, check_format, console
 from bench.defaults import DEFAULT_CONFIG
 from bench.errors import ConfigError
+from bench.escape import json_text, markdown_text
 
 
 @app.command("compare")
@@ -55,11 +55,13 @@ def compare_cmd(
             "mixed_settings": list(result.mixed_settings),
             "rows": render.records(table),
         }
-        sys.stdout.write(json.dumps(payload, indent=1) + "\n")
+        sys.stdout.write(json_text(payload, indent=1) + "\n")
     elif fmt == "csv":
         sys.stdout.write(render.to_csv(table))
     elif fmt == "markdown":
-        sys.stdout.write(f"### {title}\n\n" + render.markdown_table(render.compare_display(result.table)) + "\n")
+        sys.stdout.write(
+            f"### {markdown_text(title)}\n\n" + render.markdown_table(render.compare_display(result.table)) + "\n"
+        )
     else:
         console().print(render.frame_table(render.compare_display(result.table), title))
 

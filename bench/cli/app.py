@@ -32,10 +32,11 @@ app = typer.Typer(
 
 @functools.cache
 def console() -> Console:
-    """The one console commands print through (rich costs ~50 ms to import: made on first use)."""
+    """The one console commands print through (rich costs ~50 ms to import: made on first use). It parses no
+    markup: names are printed as they are ("[/x]" is a model name, not a closing tag)."""
     from rich.console import Console
 
-    return Console(width=None if sys.stdout.isatty() else 160)
+    return Console(width=None if sys.stdout.isatty() else 160, markup=False)
 
 
 def _print_version(value: bool) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from datetime import timedelta
 from typing import Annotated
@@ -12,6 +11,7 @@ import typer
 from bench.cli.app import ConfigOption, app, check_format, console
 from bench.defaults import DEFAULT_CONFIG
 from bench.errors import ConfigError
+from bench.escape import json_text
 
 builds_app = typer.Typer(help="The build cache: list (default) and prune.", invoke_without_command=True)
 app.add_typer(builds_app, name="builds")
@@ -42,7 +42,11 @@ def build_cmd(
             console().print(f"{build.name}: no source (a prebuilt path or interpreter): nothing to build")
             continue
         with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console()
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console(),
         ) as progress:
             task = progress.add_task(f"{build.name}: resolving", total=None)
 
@@ -84,7 +88,7 @@ def builds_list(
     cfg = load_config(config, check_files=False) if config.exists() or config != DEFAULT_CONFIG else None
     records = list_cache(cache_root(cfg))
     if fmt == "json":
-        sys.stdout.write(json.dumps([{**r.identity(), "path": r.path} for r in records], indent=1) + "\n")
+        sys.stdout.write(json_text([{**r.identity(), "path": r.path} for r in records], indent=1) + "\n")
         return
     rows = [
         {

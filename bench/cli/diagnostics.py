@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -11,6 +10,7 @@ import typer
 
 from bench.cli.app import DbOption, app, check_format, console
 from bench.errors import ConfigError
+from bench.escape import json_text, terminal_text
 
 if TYPE_CHECKING:
     from bench.diagnose import Diagnosis
@@ -58,9 +58,9 @@ def classify_log(
             raise ConfigError(f"{f}: cannot read: {exc.strerror}") from exc
         diag = classify(text, expect_gpu=expect_gpu, layers_requested=n_gpu_layers)
         if fmt == "json":
-            sys.stdout.write(json.dumps(diag.as_json(str(f))) + "\n")
+            sys.stdout.write(json_text(diag.as_json(str(f))) + "\n")
         else:
-            sys.stdout.write(explain(diag, str(f)) + "\n\n")
+            sys.stdout.write(terminal_text(explain(diag, str(f))) + "\n\n")
 
 
 @app.command("reclassify")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,6 +10,7 @@ import typer
 
 from bench.cli.app import ConfigOption, DbOption, app, check_format, console
 from bench.defaults import DEFAULT_CONFIG
+from bench.escape import json_text
 
 db_app = typer.Typer(help="The database: migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -60,7 +60,7 @@ def doctor(
     cfg = load_config(config, check_files=False) if Path(config).exists() or config != DEFAULT_CONFIG else None
     report = diagnose_machine(cfg, db, probe=probe, python=python)
     if fmt == "json":
-        sys.stdout.write(json.dumps(report.as_json(), indent=1) + "\n")
+        sys.stdout.write(json_text(report.as_json(), indent=1) + "\n")
     else:
         marks = {True: "ok", False: "UNFIT", None: "n/a"}
         for c in report.checks:
