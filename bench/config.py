@@ -9,11 +9,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from bench.defaults import DEFAULT_CONFIG
 from bench.errors import ConfigError
 from bench.metrics import METRICS
 from bench.synth import QUANTS, SHAPES, SynthSpec, default_filename
 
-DEFAULT_CONFIG = Path("models.yaml")
 DEFAULT_PYTHON = Path(".venv/bin/python")
 
 

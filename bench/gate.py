@@ -9,7 +9,6 @@ single load time is `reported`, not gated. The verdict is the worst check.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import xml.etree.ElementTree as ET
@@ -21,6 +20,7 @@ import numpy as np
 
 from bench.compare import Comparison
 from bench.config import GateConfig
+from bench.escape import json_text, markdown_text, xml_text
 from bench.metrics import METRICS, Status
 from bench.render import missing
 from bench.sequential import MIN_PAIRS, Decision, Outcome, decide, first_bounded, worst
@@ -260,28 +260,25 @@ _MARK = {Outcome.PASS: "pass", Outcome.FAIL: "**FAIL**", Outcome.INCONCLUSIVE: "
 
 def markdown(verdict: Verdict, note: str | None = None) -> str:
     cmp = verdict.comparison
-    head = verdict.outcome.value.upper()
-    lines = [f"## perfgate: {head} — {cmp.candidate.label} vs {cmp.baseline.label}", ""]
+    md = markdown_text
+    base, cand = md(cmp.baseline.label), md(cmp.candidate.label)
+    lines = [f"## perfgate: {verdict.outcome.value.upper()} — {cand} vs {base}", ""]
     if cmp.cross_machine:
-        lines += [f"> **cross-machine comparison**: {cmp.baseline.machine} vs {cmp.candidate.machine}", ""]
+        lines += [f"> **cross-machine comparison**: {md(cmp.baseline.machine)} vs {md(cmp.candidate.machine)}", ""]
     if cmp.cross_engine:
-        lines += [f"> **cross-engine comparison**: {cmp.baseline.label} through {cmp.engines[0]}, "
-                  f"{cmp.candidate.label} through {cmp.engines[1]}", ""]  # fmt: skip
+        lines += [f"> **cross-engine comparison**: {base} through {md(cmp.engines[0])}, "
+                  f"{cand} through {md(cmp.engines[1])}", ""]  # fmt: skip
     if cmp.mixed_settings:
-        lines += [f"> **different suite settings**, compared on request: {_md('; '.join(cmp.mixed_settings))}", ""]
+        lines += [f"> **different suite settings**, compared on request: {md('; '.join(cmp.mixed_settings))}", ""]
     if note:
-        lines += [_md(note), ""]
+        lines += [md(note), ""]
     for title, checks in (("Failures", verdict.failures), ("Inconclusive", verdict.inconclusive)):
         if checks:
-            lines += [f"### {title}", ""] + [f"- **{_md(c.model)}** `{c.metric}`: {_md(c.message)}" for c in checks]
+            lines += [f"### {title}", ""] + [f"- **{md(c.model)}** `{c.metric}`: {md(c.message)}" for c in checks]
             lines.append("")
     lines += ["| model | check | result | detail |", "| --- | --- | --- | --- |"]
-    lines += [f"| {_md(c.model)} | {c.metric} | {_MARK[c.outcome]} | {_md(c.message)} |" for c in verdict.checks]
+    lines += [f"| {md(c.model)} | {c.metric} | {_MARK[c.outcome]} | {md(c.message)} |" for c in verdict.checks]
     return "\n".join(lines) + "\n"
-
-
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def to_json(verdict: Verdict, extra: dict[str, Any] | None = None) -> str:
@@ -300,7 +297,7 @@ def to_json(verdict: Verdict, extra: dict[str, Any] | None = None) -> str:
         ],
         **(extra or {}),
     }
-    return json.dumps(payload, indent=1, allow_nan=False, default=str) + "\n"
+    return json_text(payload, indent=1) + "\n"
 
 
 def _finite(value: Any) -> Any:
@@ -318,13 +315,14 @@ def junit(verdict: Verdict, path: Path) -> None:
         failures=str(len(verdict.failures) + len(verdict.inconclusive)),
     )
     for c in verdict.checks:
-        case = ET.SubElement(suite, "testcase", classname=f"perfgate.{c.model}", name=c.metric)
+        case = ET.SubElement(suite, "testcase", classname=xml_text(f"perfgate.{c.model}"), name=xml_text(c.metric))
+        message = xml_text(c.message)
         if c.outcome is Outcome.FAIL:
-            ET.SubElement(case, "failure", message=c.message, type="regression").text = c.message
+            ET.SubElement(case, "failure", message=message, type="regression").text = message
         elif c.outcome is Outcome.INCONCLUSIVE:
-            ET.SubElement(case, "failure", message=c.message, type="inconclusive").text = c.message
+            ET.SubElement(case, "failure", message=message, type="inconclusive").text = message
         else:
-            ET.SubElement(case, "system-out").text = c.message
+            ET.SubElement(case, "system-out").text = message
     path.parent.mkdir(parents=True, exist_ok=True)
     ET.ElementTree(suite).write(path, encoding="utf-8", xml_declaration=True)
 

@@ -6,7 +6,6 @@ status name as a string of its own.
 
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -74,4 +73,6 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     """llama-bench's avg_ts/stddev_ts: mean of per-sample t/s and their sample standard deviation."""
     if not values:
         return None, None
+    import statistics  # kept out of the command line's start-up (METRIC_NAMES is read by its help)
+
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)

@@ -10,6 +10,8 @@ from typing import Any
 import pandas as pd
 from rich.table import Table
 
+from bench.escape import json_text, markdown_text, terminal_text
+
 FORMATS = ("table", "json", "csv", "markdown")
 
 
@@ -18,12 +20,12 @@ def _plain(value: Any) -> Any:
         return None
     if isinstance(value, datetime):
         return value.isoformat()
-    if isinstance(value, float) and math.isnan(value):
-        return None
     if isinstance(value, pd.Timestamp):
         return value.isoformat()
     if hasattr(value, "item") and not isinstance(value, list | dict | str):
-        return value.item()
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN or infinity: an unmeasured or unbounded figure is null
     return value
 
 
@@ -32,7 +34,7 @@ def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def to_json(frame: pd.DataFrame) -> str:
-    return json.dumps(records(frame), indent=1, default=str)
+    return json_text(records(frame), indent=1)
 
 
 def to_csv(frame: pd.DataFrame) -> str:
@@ -70,7 +72,7 @@ def fmt_ts(mean: float | None, std: float | None = None) -> str:
 
 
 def results_table(frame: pd.DataFrame, title: str) -> Table:
-    table = Table(title=title)
+    table = Table(title=terminal_text(title))
     for col in (
         "run",
         "build",
@@ -89,11 +91,11 @@ def results_table(frame: pd.DataFrame, title: str) -> Table:
         layers = f"{r.layers_offloaded}/{r.layers_total}" if pd.notna(r.layers_total) else "–"
         table.add_row(
             str(r.run_id),
-            str(r.build),
-            str(r.model),
+            terminal_text(str(r.build)),
+            terminal_text(str(r.model)),
             str(r.status),
             layers,
-            "–" if missing(r.backend) else str(r.backend),
+            "–" if missing(r.backend) else terminal_text(str(r.backend)),
             f"{r.load_s:.2f}" if pd.notna(r.load_s) else "–",
             fmt_ts(r.pp_ts, r.pp_ts_std),
             fmt_ts(r.tg_ts, r.tg_ts_std),
@@ -104,20 +106,19 @@ def results_table(frame: pd.DataFrame, title: str) -> Table:
 
 
 def frame_table(frame: pd.DataFrame, title: str) -> Table:
-    table = Table(title=title)
+    table = Table(title=terminal_text(title))
     for col in frame.columns:
-        table.add_column(str(col), overflow="fold")
+        table.add_column(terminal_text(str(col)), overflow="fold")
     for row in frame.itertuples(index=False):
-        table.add_row(*["–" if missing(v) else str(v) for v in row])
+        table.add_row(*["–" if missing(v) else terminal_text(str(v)) for v in row])
     return table
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
     def cell(v: Any) -> str:
-        text = "–" if missing(v) else str(v)
-        return text.replace("|", "\\|").replace("\n", " ")
+        return "–" if missing(v) else markdown_text(str(v))
 
-    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + " --- |" * len(frame.columns)]
+    lines = ["| " + " | ".join(cell(c) for c in frame.columns) + " |", "|" + " --- |" * len(frame.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join(lines)
 

@@ -230,7 +230,7 @@ def run_matrix(
     gpu_expected = expect_gpu(config, info)
     budget = config.suite.device_budget_bytes or info.device_budget_bytes
     console_progress = Progress(
-        TextColumn("{task.description}"),
+        TextColumn("{task.description}", markup=False),  # names are text, not markup
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),

@@ -25,6 +25,28 @@ SHARED_LOGS = next(
     REPO / "tests" / "logs",
 )
 
+# The one table of hostile names every report writer is held to (tests/test_escape.py: JUnit, markdown, JSON,
+# HTML, chart labels, terminal; tests/test_dashboard.py: the built site in a browser). Distinct names only.
+HOSTILE_NAMES = [
+    "ctl\x01\x1b[31mred\x7f",  # C0 controls, an ANSI colour, DEL
+    "a\u2028b\u2029c",  # line and paragraph separators
+    "line\nbreak\r\nend\ttab",
+    "rtl\u202eoverride",  # reads backwards
+    "quote\"'&<b>bold</b>",
+    "<tag>",
+    "amp & &amp; &lt;",
+    "cdata]]>end",
+    "pipe|in|a|name",
+    "back`tick`s ``code``",
+    "back\\slash\\|",  # an escaped pipe in the name itself
+    "[/x] [bold]rich markup",
+    "x/y",
+    "x y",
+    "x_y",
+    "m" * 300,
+    "n" * 5000,
+]
+
 
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

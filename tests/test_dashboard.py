@@ -21,13 +21,14 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from bench.config import DashboardConfig, load_config
 from bench.dashboard import build_site
 from bench.errors import ConfigError
+from bench.escape import visible
 from bench.runner import run_matrix
 from bench.site.output import MARKER
 from bench.store.db import open_store
 from bench.store.models import Build, ChangePoint, Machine, Result
 from bench.store.queries import results_frame
 from bench.store.standing import standing
-from tests.conftest import PYTHON, REPO, bench_cli
+from tests.conftest import HOSTILE_NAMES, PYTHON, REPO, bench_cli
 
 XSS = "<script>alert(1)</script>"
 XSS_BUILD = "<img src=x onerror=alert(2)>"
@@ -326,7 +327,7 @@ def _import_rows(path: Path, names: list[str], machine: str = "f" * 16) -> None:
 
 
 def test_hostile_names_get_distinct_files_and_escaped_text(browser: Browser, tmp_path: Path, db_url: str) -> None:
-    names = ["x/y", "x y", "x_y", "m" * 300, "n" * 5000, "ctl\x01\x1b[31mred", "quote\"'&<b>bold</b>", "a\u2028b"]
+    names = list(HOSTILE_NAMES)
     if not db_url.startswith("sqlite"):  # PostgreSQL's name column holds 255 characters (the store refuses more)
         names = [n for n in names if len(n) <= 255]
     src = tmp_path / "hostile.json"
@@ -344,6 +345,7 @@ def test_hostile_names_get_distinct_files_and_escaped_text(browser: Browser, tmp
     assert errors == [] and dialogs == []
     text = page.locator("table.overview").inner_text()
     assert "quote\"'&<b>bold</b>" in text and page.locator("table.overview b", has_text="bold").count() == 0
+    assert visible("ctl\x01\x1b[31mred\x7f") in text and visible("a\u2028b\u2029c") in text  # shown, not dropped
     for href in [h for h in page.locator("table.overview tbody th a").evaluate_all("a => a.map(e => e.href)")][:3]:
         hist = browser.new_page()
         hist.goto(href)

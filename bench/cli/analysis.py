@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -10,11 +9,10 @@ from typing import Annotated
 
 import typer
 
-from bench import render
 from bench.cli.app import ConfigOption, DbOption, app, check_format, console
-from bench.config import DEFAULT_CONFIG
+from bench.defaults import DEFAULT_CONFIG
 from bench.errors import ConfigError
-from bench.store.db import open_store
+from bench.escape import json_text, markdown_text
 
 
 @app.command("compare")
@@ -29,7 +27,9 @@ def compare_cmd(
     ] = False,
 ) -> None:
     """Per model and metric: baseline, candidate, ratio with 95% CI, Mann-Whitney p-value, load status."""
+    from bench import render
     from bench.compare import compare
+    from bench.store.db import open_store
 
     check_format(fmt, ("table", "json", "markdown", "csv"))
     with open_store(db, write=False) as store, store.session() as session:
@@ -55,13 +55,15 @@ def compare_cmd(
             "mixed_settings": list(result.mixed_settings),
             "rows": render.records(table),
         }
-        sys.stdout.write(json.dumps(payload, indent=1) + "\n")
+        sys.stdout.write(json_text(payload, indent=1) + "\n")
     elif fmt == "csv":
         sys.stdout.write(render.to_csv(table))
     elif fmt == "markdown":
-        sys.stdout.write(f"### {title}\n\n" + render.markdown_table(render.compare_display(result.table)) + "\n")
+        sys.stdout.write(
+            f"### {markdown_text(title)}\n\n" + render.markdown_table(render.compare_display(result.table)) + "\n"
+        )
     else:
-        console.print(render.frame_table(render.compare_display(result.table), title))
+        console().print(render.frame_table(render.compare_display(result.table), title))
 
 
 @app.command("gate")
@@ -86,6 +88,7 @@ def gate_cmd(
     """Release verdict: exit 0 pass, 1 fail (regression shown), 3 inconclusive (not shown either way), 2 usage error."""
     from bench.gate import junit, markdown, to_json, write_step_summary
     from bench.sequential import gate_until_sure
+    from bench.store.db import open_store
 
     check_format(fmt, ("markdown", "json"))
     if budget_s < 0 or not math.isfinite(budget_s):
@@ -131,7 +134,8 @@ def import_cmd(
 ) -> None:
     """Import foreign results (llama-bench -o json/jsonl, pytest-benchmark JSON, perfgate JSON)."""
     from bench.importers import import_file
+    from bench.store.db import open_store
 
     with open_store(db) as store, store.session() as session:
         ids = import_file(session, file, fmt, build, machine_here=not machine_from_file)
-    console.print(f"imported {file} as run(s) {', '.join(map(str, ids))}" if ids else f"{file}: already imported")
+    console().print(f"imported {file} as run(s) {', '.join(map(str, ids))}" if ids else f"{file}: already imported")

@@ -7,11 +7,9 @@ from typing import Annotated
 
 import typer
 
-from bench.bisection import BisectOracle, Commit, Step, bisect_id, check_metric, commit_range, search, stored_steps
 from bench.cli.app import ConfigOption, DbOption, app, console
-from bench.config import DEFAULT_CONFIG, load_config
+from bench.defaults import DEFAULT_CONFIG
 from bench.errors import ConfigError
-from bench.store.db import open_store
 
 
 @app.command("bisect")
@@ -33,8 +31,11 @@ def bisect_cmd(
 ) -> None:
     """Build each midpoint (cached), measure it against the good build, judge it by the gate's rule: exit 0 with
     the first bad commit, 3 when skipped commits or --max-steps leave several candidates."""
+    from bench.bisection import BisectOracle, Commit, Step, bisect_id, check_metric, commit_range, search, stored_steps
+    from bench.config import load_config
     from bench.machine import collect
     from bench.runlock import lock_path, run_lock
+    from bench.store.db import open_store
 
     check_metric(metric)
     if engine not in ("llama-bench", "llama-cpp-python"):
@@ -58,24 +59,24 @@ def bisect_cmd(
             store, cfg, repo=repo.resolve(), good_sha=good_sha, model=chosen, metric=metric, engine=engine,
             ident=ident, budget_s=budget_s, memo=memo,
         )  # fmt: skip
-        console.print(f"bisecting {len(commits)} commits after {good} up to {bad} on {model} ({metric})")
+        console().print(f"bisecting {len(commits)} commits after {good} up to {bad} on {model} ({metric})")
 
         def oracle_shown(commit: Commit) -> Step:
             s = oracle(commit)
             how = "stored" if s.stored else "measured"
-            console.print(f"  {s.commit.sha[:12]} {s.mark:5s} ({how}) {s.commit.subject[:60]}: {s.evidence}")
+            console().print(f"  {s.commit.sha[:12]} {s.mark:5s} ({how}) {s.commit.subject[:60]}: {s.evidence}")
             return s
 
         outcome = search(commits, oracle_shown, max_steps)
-    console.print(
+    console().print(
         f"{outcome.builds} commit(s) built and measured, {len(outcome.steps) - outcome.builds} from the store"
     )
     if outcome.first_bad is not None:
         c = outcome.first_bad
-        console.print(f"first bad commit: {c.sha} {c.subject} ({c.author_date})")
+        console().print(f"first bad commit: {c.sha} {c.subject} ({c.author_date})")
         raise typer.Exit(0)
     why = "--max-steps reached" if outcome.exhausted else "skipped commits hide which one"
-    console.print(f"no single first bad commit ({why}); one of:")
+    console().print(f"no single first bad commit ({why}); one of:")
     for c in outcome.candidates:
-        console.print(f"  {c.sha} {c.subject} ({c.author_date})")
+        console().print(f"  {c.sha} {c.subject} ({c.author_date})")
     raise typer.Exit(3)

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from datetime import timedelta
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from bench import render
-from bench.builds.cache import cache_root, ensure_built, list_cache, parse_age, prune
 from bench.cli.app import ConfigOption, app, check_format, console
-from bench.config import DEFAULT_CONFIG, load_config
+from bench.defaults import DEFAULT_CONFIG
 from bench.errors import ConfigError
+from bench.escape import json_text
 
 builds_app = typer.Typer(help="The build cache: list (default) and prune.", invoke_without_command=True)
 app.add_typer(builds_app, name="builds")
@@ -27,6 +24,12 @@ def build_cmd(
     rebuild: Annotated[bool, typer.Option(help="build again even when the cache has it")] = False,
 ) -> None:
     """Build what is missing from each build's `source` (git ref, tree, sdist or pip release), cached by key."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+    from bench import render
+    from bench.builds.cache import ensure_built
+    from bench.config import load_config
+
     cfg = load_config(config)
     known = {b.name: b for b in cfg.builds}
     unknown = [n for n in names or [] if n not in known]
@@ -37,10 +40,14 @@ def build_cmd(
     for build in chosen:
         if build.source is None:
             how = f"the library of {build.library_of}" if build.library_of else "a prebuilt path or interpreter"
-            console.print(f"{build.name}: no source ({how}): nothing to build")
+            console().print(f"{build.name}: no source ({how}): nothing to build")
             continue
         with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+            TextColumn("{task.description}", markup=False),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console(),
         ) as progress:
             task = progress.add_task(f"{build.name}: resolving", total=None)
 
@@ -52,14 +59,14 @@ def build_cmd(
             record = ensure_built(cfg, build, progress=show, rebuild=rebuild)
         where = f"{record.source.get('ref') or record.source.get('location')} → {record.source.get('commit') or '-'}"
         if record.ok:
-            console.print(
+            console().print(
                 f"{build.name}: ok, key {record.key} ({where}, {record.build_s:.1f} s, "
                 f"{render.human_bytes(record.size_bytes)}{', ccache' if record.ccache else ''})"
             )
         else:
             failed += 1
             failure = record.failure or {}
-            console.print(
+            console().print(
                 f"{build.name}: FAILED {failure.get('kind')}: {failure.get('line')} (log: {record.dir}/build.log)"
             )
     raise typer.Exit(1 if failed else 0)
@@ -74,11 +81,15 @@ def builds_list(
     """List cached builds: key, source, ref → commit, system, args, size, build seconds, last used."""
     if ctx.invoked_subcommand is not None:
         return
+    from bench import render
+    from bench.builds.cache import cache_root, list_cache
+    from bench.config import load_config
+
     check_format(fmt, ("table", "json"))
     cfg = load_config(config, check_files=False) if config.exists() or config != DEFAULT_CONFIG else None
     records = list_cache(cache_root(cfg))
     if fmt == "json":
-        sys.stdout.write(json.dumps([{**r.identity(), "path": r.path} for r in records], indent=1) + "\n")
+        sys.stdout.write(json_text([{**r.identity(), "path": r.path} for r in records], indent=1) + "\n")
         return
     rows = [
         {
@@ -96,11 +107,11 @@ def builds_list(
         for r in records
     ]
     if not rows:
-        console.print(f"no cached builds in {cache_root(cfg)}")
+        console().print(f"no cached builds in {cache_root(cfg)}")
         return
     import pandas as pd
 
-    console.print(render.frame_table(pd.DataFrame(rows), f"builds in {cache_root(cfg)}"))
+    console().print(render.frame_table(pd.DataFrame(rows), f"builds in {cache_root(cfg)}"))
 
 
 @builds_app.command("prune")
@@ -110,6 +121,9 @@ def builds_prune(
     config: ConfigOption = DEFAULT_CONFIG,
 ) -> None:
     """Remove cached builds."""
+    from bench.builds.cache import cache_root, parse_age, prune
+    from bench.config import load_config
+
     if keep is None and older_than is None:
         raise ConfigError("builds prune: give --keep N and/or --older-than AGE")
     if keep is not None and keep < 0:
@@ -117,4 +131,4 @@ def builds_prune(
     age: timedelta | None = parse_age(older_than) if older_than is not None else None
     cfg = load_config(config, check_files=False) if config.exists() or config != DEFAULT_CONFIG else None
     removed = prune(cache_root(cfg), keep=keep, older_than=age)
-    console.print(f"removed {len(removed)} cached build(s)" + "".join(f"\n  {r.key} {r.name}" for r in removed))
+    console().print(f"removed {len(removed)} cached build(s)" + "".join(f"\n  {r.key} {r.name}" for r in removed))

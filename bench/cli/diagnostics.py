@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from bench.cli.app import DbOption, app, check_format, console
-from bench.diagnose import Diagnosis, classify
 from bench.errors import ConfigError
+from bench.escape import json_text, terminal_text
+
+if TYPE_CHECKING:
+    from bench.diagnose import Diagnosis
 
 _KINDS = (("model", "model"), ("kv", "KV"), ("compute", "compute"))
 
@@ -46,6 +48,8 @@ def classify_log(
     fmt: Annotated[str, typer.Option("--format", "-f", help="json (one line per file) | text (a paragraph)")] = "json",
 ) -> None:
     """Classify load logs: status, phase reached, deciding line and its number, offload, memory."""
+    from bench.diagnose import classify
+
     check_format(fmt, ("json", "text"))
     for f in files:
         try:
@@ -54,9 +58,9 @@ def classify_log(
             raise ConfigError(f"{f}: cannot read: {exc.strerror}") from exc
         diag = classify(text, expect_gpu=expect_gpu, layers_requested=n_gpu_layers)
         if fmt == "json":
-            sys.stdout.write(json.dumps(diag.as_json(str(f))) + "\n")
+            sys.stdout.write(json_text(diag.as_json(str(f))) + "\n")
         else:
-            sys.stdout.write(explain(diag, str(f)) + "\n\n")
+            sys.stdout.write(terminal_text(explain(diag, str(f))) + "\n\n")
 
 
 @app.command("reclassify")
@@ -71,9 +75,9 @@ def reclassify_cmd(
     with open_store(db) as store, store.session() as session:
         changes = reclassify(session, run_id=run)
     for c in changes:
-        console.print(
+        console().print(
             f"result {c.result_id} ({c.build} × {c.model}, run {c.run_id}): {c.old_status} → {c.new_status}",
             markup=False,
             highlight=False,
         )
-    console.print(f"{len(changes)} result(s) changed")
+    console().print(f"{len(changes)} result(s) changed")

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import pandas as pd
 import typer
 
-from bench import render
 from bench.cli.app import DbOption, app, check_format, console
 from bench.errors import ConfigError
 from bench.metrics import METRIC_NAMES
-from bench.store.db import open_store
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def _display(frame: pd.DataFrame) -> pd.DataFrame:
     """Change points for people: what changed, between which builds, commits and runs."""
+    import pandas as pd
+
+    from bench import render
 
     def change(r: pd.Series) -> str:
         if r["kind"] == "status":
@@ -64,8 +67,10 @@ def changes_cmd(
     fmt: Annotated[str, typer.Option("--format", "-f", help="table|json")] = "table",
 ) -> None:
     """Where each build line's nightly series shifted, and where its load status changed (stored)."""
+    from bench import render
     from bench.changes import refresh
     from bench.store.changes import change_points_frame, mark_reported
+    from bench.store.db import open_store
 
     check_format(fmt, ("table", "json"))
     if metric is not None and metric not in METRIC_NAMES:
@@ -81,6 +86,6 @@ def changes_cmd(
     if fmt == "json":
         sys.stdout.write(render.to_json(frame) + "\n")
     elif frame.empty:
-        console.print("no new change points" if new else "no change points")
+        console().print("no new change points" if new else "no change points")
     else:
-        console.print(render.frame_table(_display(frame), f"{len(frame)} change point(s)"))
+        console().print(render.frame_table(_display(frame), f"{len(frame)} change point(s)"))

@@ -8,12 +8,8 @@ from typing import Annotated
 
 import typer
 
-from bench import render
 from bench.cli.app import ConfigOption, DbOption, FormatOption, app, check_format, console
-from bench.config import DEFAULT_CONFIG, load_config
-from bench.store.db import open_store
-from bench.store.queries import attach_logs, results_frame, run_or_latest, runs_frame
-from bench.synth import SynthSpec, default_filename, synthesize
+from bench.defaults import DEFAULT_CONFIG
 
 
 @app.command()
@@ -32,16 +28,20 @@ def run(
     wait: Annotated[bool, typer.Option("--wait", help="wait for another run on this machine to end")] = False,
 ) -> None:
     """Measure every build × model of the config into the store."""
+    from bench import render
+    from bench.config import load_config
     from bench.machine import collect
     from bench.runlock import lock_path, run_lock
     from bench.runner import run_matrix
+    from bench.store.db import open_store
+    from bench.store.queries import results_frame
 
     cfg = load_config(config)
     lock = run_lock(
         lock_path(collect().fingerprint),
         wait=wait,
         what=f"bench run --config {config}",
-        on_wait=lambda holder: console.print(f"waiting for the run of {holder}"),
+        on_wait=lambda holder: console().print(f"waiting for the run of {holder}"),
     )
     with lock, open_store(db) as store:
         run_id = run_matrix(
@@ -50,8 +50,8 @@ def run(
         with store.session() as session:
             frame = results_frame(session, [run_id], with_samples=False)
     if not quiet:
-        console.print(render.results_table(frame, f"run {run_id}"))
-    console.print(f"run {run_id}: {len(frame)} results, {int((frame['status'] == 'ok').sum())} ok")
+        console().print(render.results_table(frame, f"run {run_id}"))
+    console().print(f"run {run_id}: {len(frame)} results, {int((frame['status'] == 'ok').sum())} ok")
 
 
 @app.command()
@@ -63,6 +63,10 @@ def results(
     logs: Annotated[bool, typer.Option("--logs", help="include each result's load log (json/csv)")] = False,
 ) -> None:
     """Show stored results."""
+    from bench import render
+    from bench.store.db import open_store
+    from bench.store.queries import attach_logs, results_frame, run_or_latest
+
     check_format(fmt, ("table", "json", "csv"))
     with open_store(db, write=False) as store, store.session() as session:
         ids = None if all_runs else [run_or_latest(session, run_id)]
@@ -74,12 +78,16 @@ def results(
     elif fmt == "csv":
         sys.stdout.write(render.to_csv(frame))
     else:
-        console.print(render.results_table(frame, "results" if ids is None else f"run {ids[0]}"))
+        console().print(render.results_table(frame, "results" if ids is None else f"run {ids[0]}"))
 
 
 @app.command()
 def runs(db: DbOption = None, fmt: FormatOption = "table") -> None:
     """List runs."""
+    from bench import render
+    from bench.store.db import open_store
+    from bench.store.queries import runs_frame
+
     check_format(fmt, ("table", "json", "csv"))
     with open_store(db, write=False) as store, store.session() as session:
         frame = runs_frame(session).drop(columns=["settings", "machine_id"])
@@ -88,7 +96,7 @@ def runs(db: DbOption = None, fmt: FormatOption = "table") -> None:
     elif fmt == "csv":
         sys.stdout.write(render.to_csv(frame))
     else:
-        console.print(frame.to_string(index=False))
+        console().print(frame.to_string(index=False))
 
 
 @app.command()
@@ -99,7 +107,9 @@ def synth(
     seed: int = 0,
 ) -> None:
     """Write a deterministic synthetic llama GGUF (skips an identical existing file)."""
+    from bench.synth import SynthSpec, default_filename, synthesize
+
     spec = SynthSpec(shape, quant, seed)
     target = out or Path("models") / default_filename(spec)
     wrote = synthesize(spec, target)
-    console.print(f"{'wrote' if wrote else 'up to date'}: {target} ({target.stat().st_size / 1e6:.1f} MB)")
+    console().print(f"{'wrote' if wrote else 'up to date'}: {target} ({target.stat().st_size / 1e6:.1f} MB)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -10,7 +9,8 @@ from typing import Annotated
 import typer
 
 from bench.cli.app import ConfigOption, DbOption, app, check_format, console
-from bench.config import DEFAULT_CONFIG, load_config
+from bench.defaults import DEFAULT_CONFIG
+from bench.escape import json_text
 
 db_app = typer.Typer(help="The database: migrations.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
@@ -23,7 +23,7 @@ def db_upgrade(db: DbOption = None) -> None:
 
     where, migrated = upgrade_store(db)
     heads = ", ".join(sorted(head_revisions()))
-    console.print(f"{where}: {'upgraded to' if migrated else 'already at'} {heads}")
+    console().print(f"{where}: {'upgraded to' if migrated else 'already at'} {heads}")
 
 
 @app.command()
@@ -35,13 +35,13 @@ def push(
     from bench.push import push as push_runs
 
     report = push_runs(db, to)
-    console.print(
+    console().print(
         f"pushed {len(report.copied)} run(s) ({report.results} results, {report.samples} samples); "
         f"{len(report.already)} already there"
     )
     if report.unfinished:
         ids = ", ".join(map(str, report.unfinished))
-        console.print(f"not pushed, still running or killed (finish with `bench run --resume ID`): {ids}")
+        console().print(f"not pushed, still running or killed (finish with `bench run --resume ID`): {ids}")
 
 
 @app.command()
@@ -53,16 +53,17 @@ def doctor(
     python: Annotated[str | None, typer.Option(help="interpreter with llama_cpp for the probe")] = None,
 ) -> None:
     """Is this machine fit to measure? Exit 0 fit, 1 unfit (with the reasons)."""
+    from bench.config import load_config
     from bench.doctor import diagnose_machine
 
     check_format(fmt, ("table", "json"))
     cfg = load_config(config, check_files=False) if Path(config).exists() or config != DEFAULT_CONFIG else None
     report = diagnose_machine(cfg, db, probe=probe, python=python)
     if fmt == "json":
-        sys.stdout.write(json.dumps(report.as_json(), indent=1) + "\n")
+        sys.stdout.write(json_text(report.as_json(), indent=1) + "\n")
     else:
         marks = {True: "ok", False: "UNFIT", None: "n/a"}
         for c in report.checks:
-            console.print(f"{marks[c.ok]:>5}  {c.name:<16} {c.detail}", highlight=False, markup=False)
-        console.print("fit to measure" if report.fit else "UNFIT: " + "; ".join(report.reasons))
+            console().print(f"{marks[c.ok]:>5}  {c.name:<16} {c.detail}", highlight=False, markup=False)
+        console().print("fit to measure" if report.fit else "UNFIT: " + "; ".join(report.reasons))
     raise typer.Exit(0 if report.fit else 1)

@@ -30,6 +30,8 @@ from sqlalchemy.orm import Session
 from bench import render
 from bench.compare import Comparison, Side, compare_frames
 from bench.config import DashboardConfig, GateConfig
+from bench.escape import json_text as escaped_json
+from bench.escape import visible_value
 from bench.gate import Verdict, evaluate
 from bench.metrics import METRICS, Status
 from bench.package_data import data_dir
@@ -67,12 +69,13 @@ def _code_version(*modules: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _env() -> Environment:
+def environment() -> Environment:
     env = Environment(
         loader=FileSystemLoader(TEMPLATES),
         autoescape=select_autoescape(["html", "j2"]),
         trim_blocks=True,
         lstrip_blocks=True,
+        finalize=visible_value,  # a control character in a name is shown, not passed to the browser
     )
     env.filters.update(
         bytes=render.human_bytes,
@@ -103,11 +106,11 @@ def plain(value: Any) -> Any:
 
 
 def json_text(payload: Any) -> str:
-    # ASCII only: U+2028 and friends cannot end a line of the script that carries it
+    """Compact JSON for the charts (bench.escape.json_text: ASCII only, so it can sit in a script)."""
     try:  # payloads built of plain values (the histories) go straight through
-        return json.dumps(payload, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+        return escaped_json(payload, separators=(",", ":"), default=None)
     except (TypeError, ValueError):
-        return json.dumps(plain(payload), ensure_ascii=True, separators=(",", ":"), allow_nan=False, default=str)
+        return escaped_json(plain(payload), separators=(",", ":"))
 
 
 def _floats(values: pd.Series) -> list[float | None]:
@@ -134,7 +137,7 @@ def check_outcome(check: Any) -> str:
 class Builder:
     def __init__(self, session: Session, data: SiteData, out: SiteOutput) -> None:
         self.session, self.data, self.out = session, data, out
-        self.env = _env()
+        self.env = environment()
         self.version = _code_version("metrics.py")
         # comparison pages also show what bench.compare and bench.gate computed
         self.verdict_version = _code_version("metrics.py", "compare.py", "gate.py")

@@ -1,9 +1,18 @@
 // perfgate's charts: plotly.js over the JSON the page's data script pushed onto window.perfgateData.
-// Every text from the store is escaped before plotly sees it (plotly reads a subset of HTML in labels).
+// Every text from the store is escaped before plotly sees it (plotly reads a subset of HTML in labels), and
+// a character that would act instead of show is written as its escape, as bench/escape.py `visible` does.
 (function () {
   "use strict";
+  var HIDDEN = /[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029\ud800-\udfff\ufffe\uffff]/gu;  // u: a lone surrogate only
+  var SHORT = { "\t": "\\t", "\n": "\\n", "\r": "\\r" };
+  function visible(text) {
+    return text.replace(HIDDEN, function (c) {
+      var code = c.charCodeAt(0);
+      return SHORT[c] || (code < 0x100 ? "\\x" + ("0" + code.toString(16)).slice(-2) : "\\u" + ("000" + code.toString(16)).slice(-4));
+    });
+  }
   function esc(text) {
-    return String(text === null || text === undefined ? "–" : text)
+    return visible(String(text === null || text === undefined ? "–" : text))
       .replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;")
       .replace(/"/g, "&quot;").replace(/'/g, "&#39;");
   }

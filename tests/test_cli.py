@@ -1,0 +1,69 @@
+"""The command line's start-up: `--help`, `--version` and `classify-log` import nothing heavy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from bench import __version__
+from tests.conftest import REPO
+
+LOG = REPO / "tests" / "logs" / "context_failed" / "lmstudio-context-init.log"
+# what only the commands that read the store, judge or draw need
+HEAVY = ("pandas", "sqlalchemy", "alembic", "plotly", "scipy", "numpy", "jinja2", "matplotlib", "gguf", "yaml")
+HEAVY_BENCH = ("bench.store", "bench.site", "bench.config", "bench.render", "bench.compare", "bench.gate")
+
+
+def imported_by(*args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run `python -m bench ARGS` in a fresh interpreter; the modules it imported, from -X importtime."""
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "bench", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    modules = {
+        line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")
+    } - {"package"}  # the header line: "import time: self [us] | cumulative | imported package"
+    assert "bench.cli" in modules, proc.stderr[-2000:]  # the parse saw the real entry point
+    return proc, modules
+
+
+def heavy_in(modules: set[str]) -> set[str]:
+    return {m for m in modules if m.split(".")[0] in HEAVY or m.startswith(HEAVY_BENCH)}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--help",), ("--version",), ("compare", "--help"), ("gate", "--help"), ("classify-log", str(LOG))],
+    ids=["help", "version", "compare-help", "gate-help", "classify-log"],
+)
+def test_start_up_imports_no_heavy_library(args: tuple[str, ...]) -> None:
+    proc, modules = imported_by(*args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert heavy_in(modules) == set()
+
+
+def test_help_does_not_import_rich_or_pydantic() -> None:
+    # rich's help panels cost ~0.1 s a call (rich_markup_mode=None); pydantic is Typer's for running a command
+    proc, modules = imported_by("--help")
+    assert "Commands:" in proc.stdout and "classify-log" in proc.stdout
+    assert {m for m in modules if m.split(".")[0] in ("rich", "pydantic")} == set()
+
+
+def test_version_prints_the_package_version() -> None:
+    proc, _ = imported_by("--version")
+    assert (proc.returncode, proc.stdout) == (0, f"perfgate {__version__}\n")
+
+
+def test_a_command_that_needs_a_heavy_library_still_gets_it() -> None:
+    """The lazy imports moved, they did not vanish: a store command imports the store and answers."""
+    proc, modules = imported_by("runs", "--db", "sqlite:////nonexistent/dir/x.sqlite")
+    assert "bench.store.db" in modules and "sqlalchemy" in modules
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
+    assert len(errors) == 1 and errors[0].startswith("error: "), errors
