@@ -5,7 +5,8 @@
 # sm_80 build and of the llama-cpp-python worker on the release's own libllama (`library_of`), the gates, and
 # at the end `bench dashboard`. Each stage fits one 10-minute call of the `device` tool; state lives in $E2E.
 #
-#   benchmarks/gpu_e2e.sh build [WAIT_S]   # start every build (in the background: it outlives the call), wait
+#   benchmarks/gpu_e2e.sh build [WAIT_S [SIZE…]]  # start every build (in the background: it outlives the call),
+#                                          # synthesize SIZE… meanwhile, wait
 #   benchmarks/gpu_e2e.sh wait [WAIT_S]    # wait for the builds; print each build's record
 #   benchmarks/gpu_e2e.sh size 7B [13B…]   # per size: synth, gate --measure, run, gates, delete the model
 #   benchmarks/gpu_e2e.sh kobold 7B        # KoboldCPP v1.60.1 vs v1.61 (--usecublas) built from their tags, gated
@@ -33,6 +34,15 @@ bench() { "$PY" -m bench "$@"; }
 stamp() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$E2E/timings.tsv"; echo "[$1] $2: $3"; }
 
 setup() {
+  # a bare image may lack git (git sources) or make (KoboldCPP): Debian's packages travel in .gpu/debs
+  for tool in git make; do
+    if ! command -v $tool >/dev/null && ls .gpu/debs/${tool}_*.deb >/dev/null 2>&1; then
+      dpkg -x .gpu/debs/${tool}_*.deb /tmp/tools
+      echo "$tool: unpacked from .gpu/debs"
+    fi
+  done
+  [ -x /usr/local/cuda/bin/nvcc ] && export PATH=$PATH:/usr/local/cuda/bin  # KoboldCPP's Makefile calls nvcc
+  if [ -d /tmp/tools/usr/bin ]; then export PATH=$PATH:/tmp/tools/usr/bin GIT_EXEC_PATH=/tmp/tools/usr/lib/git-core; fi
   if [ -d .gpu/whl ] && ! "$PY" -c "import sqlalchemy, re2" 2>/dev/null; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl
   fi
@@ -124,7 +134,13 @@ for b in json.load(open(sys.argv[1])):
 PYEOF
 }
 
-synth() {
+synth() {  # synth SIZE...: models the next stages measure (a model already written is kept)
+  for size in "$@"; do
+    [ -f "$E2E/models/$size-Q4_0.gguf" ] || synth_one "$size"
+  done
+}
+
+synth_one() {
   local size=$1 t0=$SECONDS
   bench synth --shape "$size" --quant Q4_0 --out "$E2E/models/$size-Q4_0.gguf" >/dev/null
   stamp "$size" synth_s $((SECONDS - t0))
@@ -147,7 +163,8 @@ size() {
     timed "$size" verdict bench gate --baseline "$base" --candidate "$cand" --config "$pair" --measure \
       --budget-s "${E2E_BUDGET_S:-600}" --json "$OUT/gate-$size.json" --summary "$OUT/gate-$size.md" >/dev/null
     tail -n +1 "$OUT/gate-$size.md" | head -12
-    others=("$cand" "lcp-${CAND#v}")
+    others=("$cand")
+    [ "${E2E_WORKER:-1}" = 1 ] && others+=("lcp-${CAND#v}")
     [ "$BACKEND" = cuda ] && others+=("$cand-sm80")
     local rest
     rest=$(sized "$size" "${others[@]}")
@@ -156,22 +173,28 @@ size() {
       timed "$size" sm80_gate bench gate --baseline "$cand" --candidate "$cand-sm80" --config "$rest" \
         --json "$OUT/gate-sm80-$size.json" --summary "$OUT/gate-sm80-$size.md" >/dev/null
     fi
-    bench compare --baseline "$cand" --candidate "lcp-${CAND#v}" --format json >"$OUT/fidelity-$size.json" || true
-    "$PY" - "$OUT/fidelity-$size.json" "$size" <<'PYEOF'
-import json, sys
-doc = json.load(open(sys.argv[1]))
-for r in doc["rows"]:
-    if r["model"].startswith(sys.argv[2] + "-") and r["metric"] in ("pp_ts", "tg_ts"):
-        print(f"fidelity {r['model']} {r['metric']}: worker/llama-bench {r.get('ratio')}")
-PYEOF
+    [ "${E2E_WORKER:-1}" = 1 ] && fidelity "$size"
     rm -f "$E2E/models/$size-Q4_0.gguf"
   done
   cp "$E2E/timings.tsv" "$E2E/e2e.sqlite" "$OUT/"
 }
 
+fidelity() {  # the worker on the release's own libllama beside llama-bench of the same tree
+  local size=$1
+  bench compare --baseline "lcpp-${CAND#v}" --candidate "lcp-${CAND#v}" --format json >"$E2E/fidelity.json" || return 0
+  "$PY" - "$E2E/fidelity.json" "$size" <<'PYEOF' | tee -a "$E2E/fidelity.txt"
+import json, sys
+doc = json.load(open(sys.argv[1]))
+for r in doc["rows"]:
+    if r["model"] == sys.argv[2] + "-Q4_0" and r["metric"] in ("pp_ts", "tg_ts"):
+        print(f"fidelity {r['model']} {r['metric']}: worker {r['candidate']:.1f} / llama-bench {r['baseline']:.1f} t/s"
+              f" = {r['ratio']:.4f}")
+PYEOF
+}
+
 kobold() {
   for size in "$@"; do
-    [ -f "$E2E/models/$size-Q4_0.gguf" ] || synth "$size"
+    synth "$size"
     local cfg
     cfg=$(sized "$size" kcpp-1.60.1 kcpp-1.61)
     timed "kcpp-$size" verdict bench gate --baseline kcpp-1.60.1 --candidate kcpp-1.61 --config "$cfg" --measure \
@@ -203,7 +226,7 @@ shift
 setup
 case $stage in
   setup) ;;
-  build) build; wait_builds "${1:-0}" ;;
+  build) build; synth "${@:2}"; wait_builds "${1:-0}" ;;
   wait) wait_builds "${1:-0}" ;;
   size) size "$@" ;;
   kobold) kobold "$@" ;;

@@ -4,6 +4,7 @@
 #                        llama.cpp trees vendored in those llama-cpp-python sdists (trimmed to what a CUDA build
 #                        of llama-bench and libllama needs), so perfgate builds them as `source: {git, ref}`
 #   .gpu/py/llama_cpp    llama-cpp-python 0.3.36's Python files (the worker loads a built libllama through them)
+#   .gpu/debs            Debian's git and make, unpacked where the GPU image lacks them
 #   .gpu/whl             perfgate's dependencies that the GPU image lacks, as wheels for its Python 3.12
 # Usage: benchmarks/prepare_gpu_carry.sh [RELEASE...]   (default: 0.3.35 0.3.36)
 set -euo pipefail
@@ -42,4 +43,5 @@ done
 cp -r "$PY_FILES" .gpu/py/llama_cpp
 git clone -q --bare "$repo" .gpu/llama.cpp.git
 git -C .gpu/llama.cpp.git gc -q --aggressive
+mkdir -p .gpu/debs && (cd .gpu/debs && apt-get download -q git make 2>/dev/null) || echo "no apt-get: git and make must be on the GPU machine"
 du -sh .gpu/*

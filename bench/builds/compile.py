@@ -176,6 +176,8 @@ def compile_tree(
     launcher = ccache()
     if system == "cmake":
         args = ["cmake", "-S", str(tree), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release"]
+        if shutil.which("ninja") and not any(a.startswith("-G") for a in cmake_args):
+            args += ["-G", "Ninja"]  # faster than make at -j on many cores; a build that names a generator keeps it
         if launcher:
             args += [f"-DCMAKE_C_COMPILER_LAUNCHER={launcher}", f"-DCMAKE_CXX_COMPILER_LAUNCHER={launcher}"]
         if progress:
