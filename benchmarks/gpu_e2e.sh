@@ -159,7 +159,8 @@ size() {
     synth "$size"
     local pair others
     pair=$(sized "$size" "$base" "$cand")
-    # from no samples to a verdict: the gate adds ABBA rounds until every check is conclusive
+    # from no samples to a verdict: one interleaved round, then the gate adds ABBA rounds until sure
+    timed "$size" first_round bench run --config "$pair" --interleave --rounds 1 --quiet
     timed "$size" verdict bench gate --baseline "$base" --candidate "$cand" --config "$pair" --measure \
       --budget-s "${E2E_BUDGET_S:-600}" --json "$OUT/gate-$size.json" --summary "$OUT/gate-$size.md" >/dev/null
     tail -n +1 "$OUT/gate-$size.md" | head -12
@@ -197,6 +198,7 @@ kobold() {
     synth "$size"
     local cfg
     cfg=$(sized "$size" kcpp-1.60.1 kcpp-1.61)
+    timed "kcpp-$size" first_round bench run --config "$cfg" --interleave --rounds 1 --quiet
     timed "kcpp-$size" verdict bench gate --baseline kcpp-1.60.1 --candidate kcpp-1.61 --config "$cfg" --measure \
       --budget-s "${E2E_BUDGET_S:-600}" --json "$OUT/gate-kcpp-$size.json" --summary "$OUT/gate-kcpp-$size.md" >/dev/null
     head -12 "$OUT/gate-kcpp-$size.md"
