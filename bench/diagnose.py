@@ -8,8 +8,10 @@ to create context", is a shader failure; an assert after it is a consequence.
 
 `ok` needs proof: the worker's `phase=done`, a context that was built, a benchmark result, KoboldCPP's
 "Load Text Model OK: True"; and, where a GPU was expected, device buffers (recognised by the shape of
-the buffer line, not by a list of backend names) or a llama-bench row on a GPU backend. A log with
-neither proof nor a known cause is `load_failed`.
+the buffer line, not by a list of backend names) or a llama-bench row on a GPU backend. A log that shows
+a load under way but stops with neither proof nor a known cause, and whose process end is unknown (a
+pasted excerpt), is `log_incomplete`: what it shows is reported, and that its end is missing. A log that
+shows no load at all, or one whose process exited with neither, is `load_failed`.
 
 Every pattern is compiled by RE2, whose matching time is linear in the input: a log is scanned once
 for cue words (`_CUES`), and only the lines near one are matched against the rules.
@@ -630,13 +632,27 @@ def classify(
             reason=_clip(f"exited with code {exit_info.returncode}; the log names no cause; last line: {last}"),
             line_no=line_no,
         )
-    return _judge_load(base, scan, expect_gpu=expect_gpu, layers_requested=layers_requested, layers_total=layers_total)
+    return _judge_load(
+        base,
+        scan,
+        expect_gpu=expect_gpu,
+        layers_requested=layers_requested,
+        layers_total=layers_total,
+        end_known=exit_info.returncode is not None,
+    )
 
 
 def _judge_load(
-    base: Diagnosis, scan: _Scan, *, expect_gpu: bool, layers_requested: int | None, layers_total: int | None
+    base: Diagnosis,
+    scan: _Scan,
+    *,
+    expect_gpu: bool,
+    layers_requested: int | None,
+    layers_total: int | None,
+    end_known: bool,
 ) -> Diagnosis:
-    """No failure in the log: where did the model go, and is there proof that the load finished?"""
+    """No failure in the log: where did the model go, and is there proof that the load finished?
+    `end_known`: the process that wrote the log was seen to end (an exit status), so the log is whole."""
 
     def verdict(status: Status, where: tuple[int | None, str] | None, reason: str | None = None) -> Diagnosis:
         line_no, line = where or (None, "")
@@ -671,11 +687,20 @@ def _judge_load(
             )
     if scan.success is None:
         reached = scan.last_line
+        last = reached[1] if reached else "none"
+        shows_load = scan.reached > Phase.START or scan.offloaded or scan.memory or scan.bench_backends
+        if shows_load and not end_known:
+            return verdict(
+                Status.LOG_INCOMPLETE,
+                reached,
+                f"the end of the log is missing: it stops in {scan.reached.label} with no error and no proof the "
+                f"load finished; last line: {last}",
+            )
         return verdict(
             Status.LOAD_FAILED,
             reached,
             f"the log stops in {scan.reached.label} with no sign the load finished and no known cause; last line: "
-            f"{reached[1] if reached else 'none'}",
+            f"{last}",
         )
     _, success_line_no, success_line = scan.success
     evidence = (scan.offload_line or scan.gpu_seen_line) if expect_gpu else None

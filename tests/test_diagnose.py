@@ -139,16 +139,35 @@ def test_a_log_with_no_proof_of_success_is_not_ok() -> None:
     half = "llama_model_loader: loaded meta data\nload_tensors: offloaded 33/33 layers to GPU\n"
     half += "load_tensors:        CUDA0 model buffer size =  3545.34 MiB\n"
     diag = classify(half, expect_gpu=True)
-    assert diag.status == "load_failed" and diag.phase == "tensors/offload" and diag.offloaded == (33, 33)
+    assert diag.status == "log_incomplete" and diag.phase == "tensors/offload" and diag.offloaded == (33, 33)
     done = classify(half + "perfgate-worker: phase=done\n", expect_gpu=True)
     assert done.status == "ok" and done.phase == "done" and done.line_no == 4
     assert classify("", expect_gpu=False).status == "load_failed"
 
 
+def test_a_log_that_stops_mid_load_says_its_end_is_missing_and_what_it_shows() -> None:
+    excerpt = (
+        "ggml_cuda_init: found 1 CUDA devices:\n"
+        "load_tensors: offloaded 41/41 layers to GPU\n"
+        "load_tensors:        CUDA0 model buffer size =  8694.21 MiB\n"
+        "llama_context: constructing llama_context\n"
+        "llama_kv_cache:      CUDA0 KV buffer size =  1024.00 MiB\n"
+    )
+    diag = classify(excerpt, expect_gpu=True)
+    assert (diag.status, diag.phase, diag.offloaded, diag.line_no) == ("log_incomplete", "context", (41, 41), 5)
+    assert "end of the log is missing" in diag.reason and "no known cause" not in diag.reason
+    assert diag.memory["model"] == {"CUDA0": int(8694.21 * 2**20)} and diag.backend == "CUDA"
+    assert classify(excerpt.replace("CUDA0", "CPU"), expect_gpu=False).status == "log_incomplete"
+    # perfgate saw the process end: the log is whole, and no proof of a load is a failure, not a gap
+    assert classify(excerpt, expect_gpu=True, exit_info=ExitInfo(0)).status == "load_failed"
+    # text that shows no load at all is not an excerpt of one
+    assert classify("cmake -B build\nconfigure: no compiler found\n", expect_gpu=False).status == "load_failed"
+
+
 def test_proof_from_outside_the_log_counts_but_never_hides_a_failure() -> None:
     # llama-bench writes its results to a file of their own; its log may end at the model buffers
     log = "load_tensors: offloaded 33/33 layers to GPU\nload_tensors:        CUDA0 model buffer size =  3545.34 MiB\n"
-    assert classify(log, expect_gpu=True).status == "load_failed"
+    assert classify(log, expect_gpu=True).status == "log_incomplete"
     diag = classify(log, expect_gpu=True, proof="bench.json: 2 results")
     assert (diag.status, diag.phase) == ("ok", "done") and "bench.json" in diag.reason
     crashed = log + "CUDA error: no kernel image is available for execution on the device\n"
@@ -323,6 +342,15 @@ def test_cli_text_format_explains_each_file_in_one_paragraph() -> None:
     assert len(paragraphs) == 2
     assert "ok" in paragraphs[0] and "33/33" in paragraphs[0] and "line 207" in paragraphs[0]
     assert "cpu_fallback" in paragraphs[1] and "no CUDA-capable device" in paragraphs[1]
+
+
+def test_cli_text_says_the_end_of_an_incomplete_log_is_missing() -> None:
+    log = LOGS / "log_incomplete/koboldcpp-41-of-41-kv-on-cuda-host.log"
+    proc = bench_cli("classify-log", str(log), "--expect-gpu", "--format", "text")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{log}: log_incomplete. The load reached context; last line (line 20)")
+    assert "the end of the log is missing" in proc.stdout
+    assert "41/41 layers were offloaded" in proc.stdout and "model CUDA0 8.49 GiB" in proc.stdout
 
 
 def test_cli_bad_input_is_one_error_line() -> None:
