@@ -576,13 +576,13 @@ def _decide(hits: list[_Hit], scan: _Scan) -> _Hit | None:
     for hit in hits:
         if hit.phase is Phase.START:  # a failure without a phase of its own happened where the log was
             hit.phase = scan.phase_at(hit.line_no)
-
-    def order(hit: _Hit) -> tuple[Phase, int, int]:
-        # before any phase marker (a pasted fragment) the place is unknown: a failure that knows its
-        # phase explains it
-        return (hit.phase if hit.phase > Phase.START else Phase.DONE, hit.priority, hit.line_no)
-
-    return min(hits, key=order, default=None)
+    # before any phase marker (a pasted fragment) a failure's place is unknown; a log is written in time
+    # order, so it happened no later than the failures after it (on its own line too) that know their phase
+    placed = [h for h in hits if h.phase > Phase.START]
+    for hit in hits:
+        if hit.phase is Phase.START:
+            hit.phase = min((h.phase for h in placed if h.line_no >= hit.line_no), default=Phase.DONE)
+    return min(hits, key=lambda h: (h.phase, h.priority, h.line_no), default=None)
 
 
 def _backend(scan: _Scan) -> str | None:

@@ -194,6 +194,22 @@ def test_earlier_phase_wins_over_a_later_failure_and_over_line_order() -> None:
     assert classify(oom, expect_gpu=True).status == "out_of_memory"
 
 
+def test_in_a_fragment_a_failure_is_placed_no_later_than_the_phased_failure_after_it() -> None:
+    # no phase marker before either line: the allocation was logged first, so it happened first
+    fragment = (
+        "ggml_gallocr_reserve_n: failed to allocate Metal buffer of size 8891928576\n"
+        "llama_init_from_gpt_params: error: failed to create context with model 'm.gguf'\n"
+    )
+    diag = classify(fragment, expect_gpu=True)
+    assert (diag.status, diag.phase, diag.line_no) == ("out_of_memory", "context", 1)
+    # one line that says both: the more specific kind in that phase wins
+    one_line = "Failed to initialize the context: failed to allocate buffer for kv cache"
+    assert classify(one_line, expect_gpu=True).status == "out_of_memory"
+    # a failure with nothing phased after it still loses to one that knows its phase
+    tail = "llama_model_load: error loading model: unknown model architecture: 'x'\nSegmentation fault\n"
+    assert classify(tail, expect_gpu=False).status == "unsupported_architecture"
+
+
 def test_exit_information_decides_crash_timeout_and_oom_kill_at_the_last_phase() -> None:
     log = "perfgate-worker: phase=load\nllama_context: constructing\nperfgate-worker: phase=decode_pp\n"
     abrt = classify(log, expect_gpu=False, exit_info=ExitInfo(returncode=-6))
