@@ -89,7 +89,14 @@ _FAILURES: tuple[_Failure, ...] = (
     ),
     _Failure(
         Status.SHADER_COMPILE_FAILED,
-        r"program_source:\d+:\d+: (fatal )?error|MTLLibraryErrorDomain Code=3"
+        r"program_source:\d+:\d+: (fatal )?error|MTLLibraryErrorDomain Code=3|In file included from program_source"
+        r"|\.metal:\d+:\d+: (fatal )?error"
+        # the Metal 4 tensor API (MetalPerformancePrimitives) rejecting the shader source on a new macOS
+        r"|MetalPerformancePrimitives[^\n]*error|MPPTensorOps\w*\.h:\d+|__tensor_ops_detail|cooperative tensor types"
+        # the GPU compiler rejecting a kernel when its pipeline is built
+        r"|load pipeline error|SC compilation failure|Error Domain=CompilerError|Compiler encountered an internal error"
+        r"|unlowered function call|computeFunction must not be nil|failed to (create|build) (the )?(compute )?pipeline"
+        r"|newComputePipelineState\w*[^\n]*(fail|error)"
         r"|failed to compile (the )?(metal |vulkan )?(shader|pipeline|library|kernel)|shader compil\w* (fail|error)"
         r"|error compiling (shader|pipeline)",
         Phase.BACKEND,
@@ -227,7 +234,8 @@ _CUES = (
     "no module named", "dll load", "***", "build stopped", "hiperror", "code objects",
     # backend
     "program_source", "mtllibrary", "shader", "metal", "no cuda", "will be disabled", "no devices", "no gpu",
-    "library file not found", "cpu library", "found 0", "no usable",
+    "library file not found", "cpu library", "found 0", "no usable", "pipeline", "compil", "tensor_ops",
+    "cooperative tensor", "mpptensorops", "unlowered",
     # model file
     "requires more", "does not exist", "cannot find", "no such file", "model file", "invalid", "magic", "ggml file",
     "file bounds", "corrupted", "split file", "gguf file version", "end of file", "unidentified", "unknown",
@@ -280,6 +288,8 @@ def _inline_flags(pattern: str) -> str:
 
 
 _TRIGGER, _RULE_SET, _RULES = _compile_rules()
+_BUILD_RULE = f"fail:{next(i for i, f in enumerate(_FAILURES) if f.status is Status.BUILD_FAILED)}"
+_SHADER_RULE = f"fail:{next(i for i, f in enumerate(_FAILURES) if f.status is Status.SHADER_COMPILE_FAILED)}"
 _PROGRESS_RE = [(phase, p, False) for phase, p in _PROGRESS] + [(phase, p, True) for phase, p in _SUCCESS]
 
 
@@ -452,6 +462,9 @@ class _LineReader:
         self._seen.add(raw)
         line = raw.decode("utf-8", "replace").strip()
         names = [_RULES[i][0] for i in _RULE_SET.Match(raw) or ()]
+        if _SHADER_RULE in names:
+            # the Metal compiler's diagnostics quote a path:line:col like a C compiler's: not a build failure
+            names = [n for n in names if n != _BUILD_RULE]
         # a traceback quotes its source ('raise ValueError(f"...")'): the message line says more
         benign = "benign" in names or line.startswith(("raise ", 'File "'))
         scan = self.scan

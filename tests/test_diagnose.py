@@ -135,6 +135,46 @@ def test_variants_of_each_kind(log: str, expect_gpu: bool, status: str) -> None:
     assert classify(log, expect_gpu=expect_gpu).status == status
 
 
+@pytest.mark.parametrize(
+    "log",
+    [
+        # the source does not compile for this GPU or OS (2023 wording)
+        'ggml_metal_init: error: Error Domain=MTLLibraryErrorDomain Code=3 "program_source:1530:18: error: unknown '
+        "type name 'bfloat'; did you mean 'float'?",
+        'ggml_metal_init: error: Error Domain=MTLLibraryErrorDomain Code=3 "program_source:41:9: error: invalid type '
+        "'const constant int64_t &' for buffer declaration",
+        # macOS 26 and the Metal 4 tensor API: the error quotes a system header, with or without the domain line
+        "/System/Library/Frameworks/MetalPerformancePrimitives.framework/Headers/__impl/MPPTensorOpsMatMul2dImpl.h"
+        ":3266:5: error: static_assert failed due to requirement '__tensor_ops_detail::__is_same_v<bfloat, half>'"
+        "\nggml_metal_init: error: failed to initialize the Metal library",
+        "error: static_assert failed due to requirement '__tensor_ops_detail::__is_same_v<half, bfloat>' \"Input types "
+        'must match cooperative tensor types"\nggml_metal_init: error: failed to initialize the Metal library\n'
+        "llama_init_from_model: failed to initialize the context: failed to initialize Metal backend\n"
+        "panic: unable to create llama context",
+        "In file included from program_source:2837:\nggml_metal_init: error: failed to initialize the Metal library",
+        # a kernel's pipeline, not the library, fails to build; an assert or abort follows it
+        'ggml_metal_init: load pipeline error: Error Domain=CompilerError Code=2 "SC compilation failure\n'
+        'There is a call to an undefined label"\nllama_new_context_with_model: ggml_metal_init() failed',
+        "ggml_metal_init: error: load pipeline error(2, CompilerError): SC compilation failure",
+        'ggml_metal_init: load pipeline error: Error Domain=AGXMetalA12 Code=3 "Encountered unlowered function call '
+        'to air.simd_sum.f32"\nGGML_ASSERT: ggml-metal.m:1009: false',
+        "ggml_metal_init: error: newComputePipelineStateWithFunction failed for kernel_mul_mm_f16_f32\n"
+        "GGML_ASSERT(ctx->pipelines[i]) failed\nAbort trap: 6",
+        "-[MTLComputePipelineDescriptorInternal setComputeFunction:withType:]:722: failed assertion "
+        "`computeFunction must not be nil.'\nzsh: abort      ./main -m model.gguf",
+        "ggml-metal.metal:120:5: error: use of undeclared identifier 'simd_sum'",
+    ],
+)
+def test_metal_shader_compile_failures_in_every_wording_are_shader_compile_failed(log: str) -> None:
+    assert classify(log, expect_gpu=True).status == "shader_compile_failed"
+
+
+def test_a_c_compiler_error_quoting_a_header_is_still_a_build_failure() -> None:
+    log = "ggml/src/ggml.h:1234:5: error: static assertion failed due to requirement 'sizeof(x) == 4'\n"
+    log += "make: *** [Makefile:10: ggml.o] Error 1\n"
+    assert classify(log, expect_gpu=True).status == "build_failed"
+
+
 def test_a_log_with_no_proof_of_success_is_not_ok() -> None:
     half = "llama_model_loader: loaded meta data\nload_tensors: offloaded 33/33 layers to GPU\n"
     half += "load_tensors:        CUDA0 model buffer size =  3545.34 MiB\n"
