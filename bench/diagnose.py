@@ -141,9 +141,14 @@ _FAILURES: tuple[_Failure, ...] = (
     _Failure(
         Status.OUT_OF_MEMORY,
         r"(?i)out of memory|(cuda|hip)Malloc failed|insufficient (device )?memory|ErrorOutOf(Device|Host)Memory"
-        r"|OUT_OF_(HOST|DEVICE)_MEMORY|(failed|unable) to allocate (\w+ )?buffer|failed to allocate compute buffers"
+        r"|OUT_OF_(HOST|DEVICE)_MEMORY|(failed|unable) to allocate (\w+ ){0,3}buffers?"
         r"|bad_alloc|not enough memory|cannot allocate memory|Device memory allocation of size \d+"
-        r"|kv_cache_init\(\) failed|too large to fit in a \w+ buffer|MemoryError|can't allocate \d+ Bytes",
+        r"|kv_cache_init\(\) failed|too large to fit in a \w+ buffer|MemoryError|can't allocate \d+ Bytes"
+        # a buffer over the device's limit, and what a failed allocation leaves for the compute that follows
+        r"|buffer[^\n]{0,60} is larger than (the )?(buffer )?max(imum)?|must not exceed \d+ ?[MG]i?B"
+        r"|exceeds (the )?(device )?(memory allocation|max(imum)? buffer)|buffer is nil"
+        # Metal: a command buffer that fails with status 5 (MTLCommandBufferStatusError) ran out of GPU memory
+        r"|command buffer \d+ failed with status 5|CallbackErrorOutOfMemory",
     ),
     _Failure(
         Status.CONTEXT_FAILED,
@@ -242,7 +247,8 @@ _CUES = (
     "unsupported", "not supported", "has wrong", "valid gguf", "tokenizer", "key not found", "missing tensor",
     "wrong number",
     # memory, buffers, offload, results
-    "memory", "allocate", "bad_alloc", "too large", "buffer size", "offloaded", "vram",
+    "memory", "allocate", "bad_alloc", "too large", "buffer size", "offloaded", "vram", "larger than", "exceed",
+    "buffer is nil",
     "recommendedmaxworkingsetsize", "| model", "± ",
 )
 # fmt: on

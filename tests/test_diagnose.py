@@ -175,6 +175,40 @@ def test_a_c_compiler_error_quoting_a_header_is_still_a_build_failure() -> None:
     assert classify(log, expect_gpu=True).status == "build_failed"
 
 
+METAL_CONTEXT = (
+    "load_tensors: offloaded 33/33 layers to GPU\nload_tensors:   MTL0_Mapped model buffer size =  3772.58 MiB\n"
+    "llama_context: constructing llama_context\n"
+)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        # the first compute after the context runs out of the GPU working set
+        "ggml_metal_graph_compute: command buffer 0 failed with status 5\n"
+        "error: Insufficient Memory (00000008:kIOGPUCommandBufferCallbackErrorOutOfMemory)",
+        "ggml_metal_graph_compute: command buffer 0 failed with status 5",  # before the error line was logged
+        "ggml_metal_synchronize: error: command buffer 0 failed with status 5\n"
+        "/src/ggml/src/ggml-metal/ggml-metal-context.m:235: fatal error\nggml_abort",
+        # compute and KV buffers that cannot be allocated, however the context then fails
+        "ggml_gallocr_reserve_n: failed to allocate Metal buffer of size 8891928576\n"
+        "llama_init_from_gpt_params: error: failed to create context with model 'm.gguf'",
+        "ggml_backend_metal_buffer_type_alloc_buffer: error: failed to allocate buffer, size =  4096.00 MiB\n"
+        "llama_init_from_model: failed to initialize the context: failed to allocate compute pp buffers",
+        "Failed to initialize the context: failed to allocate buffer for kv cache",
+        # a buffer over the device's maximum, and a nil buffer left by a failed allocation
+        "ggml_metal_add_buffer: buffer 'data' size 18300780544 is larger than buffer maximum of 17179869184",
+        "-[MTLDebugDevice newBufferWithBytesNoCopy:length:options:deallocator:]:700: failed assertion `Buffer "
+        "Validation\nnewBufferWith*:length 0x6692c000 must not exceed 1024 MB.",
+        "ggml_metal_get_buffer: error: buffer is nil",
+    ],
+)
+def test_metal_buffer_allocation_failures_are_out_of_memory_not_context_failed(failure: str) -> None:
+    diag = classify(METAL_CONTEXT + failure, expect_gpu=True)
+    assert diag.status == "out_of_memory", diag.reason
+    assert classify(failure, expect_gpu=True).status == "out_of_memory"
+
+
 def test_a_log_with_no_proof_of_success_is_not_ok() -> None:
     half = "llama_model_loader: loaded meta data\nload_tensors: offloaded 33/33 layers to GPU\n"
     half += "load_tensors:        CUDA0 model buffer size =  3545.34 MiB\n"
