@@ -184,6 +184,8 @@ _NO_GPU = (
     r"(?i)no CUDA-capable device|no CUDA devices found|CUDA will be disabled|ggml_vulkan: No devices found"
     r"|No GPU Backend found|(CuBLAS|CLBlast|Vulkan|hipBLAS|ROCm) library file not found|Attempting to use CPU library"
     r"|found 0 (CUDA|Vulkan|SYCL|ROCm) devices|no usable GPU"
+    # a build without any GPU backend, asked for GPU layers
+    r"|not compiled with GPU offload support|compiled without GPU support|gpu-layers option will be ignored"
 )
 
 # The first line of each phase: the log got at least that far.
@@ -240,7 +242,7 @@ _CUES = (
     # backend
     "program_source", "mtllibrary", "shader", "metal", "no cuda", "will be disabled", "no devices", "no gpu",
     "library file not found", "cpu library", "found 0", "no usable", "pipeline", "compil", "tensor_ops",
-    "cooperative tensor", "mpptensorops", "unlowered",
+    "cooperative tensor", "mpptensorops", "unlowered", "gpu offload", "gpu support", "will be ignored",
     # model file
     "requires more", "does not exist", "cannot find", "no such file", "model file", "invalid", "magic", "ggml file",
     "file bounds", "corrupted", "split file", "gguf file version", "end of file", "unidentified", "unknown",
@@ -248,12 +250,14 @@ _CUES = (
     "wrong number",
     # memory, buffers, offload, results
     "memory", "allocate", "bad_alloc", "too large", "buffer size", "offloaded", "vram", "larger than", "exceed",
-    "buffer is nil",
+    "buffer is nil", "layers.offload=",
     "recommendedmaxworkingsetsize", "| model", "± ",
 )
 # fmt: on
 
 _OFFLOADED = re2.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+# ollama's scheduler states its plan before the runner starts: layers.model=62 layers.offload=0
+_OFFLOAD_PLAN = re2.compile(r"layers\.model=(\d+) layers\.offload=(\d+)")
 _VRAM_USED = re2.compile(r"VRAM used: [\d.]+ M")
 _WORKING_SET = re2.compile(r"recommendedMaxWorkingSetSize\s*=\s*([\d.]+) MB")
 _VRAM = re2.compile(r"Device \d+: .*VRAM: (\d+) MiB")
@@ -271,6 +275,7 @@ def _compile_rules() -> tuple[Any, Any, list[tuple[str, Any]]]:
     per_line += [
         ("buffer", r"buffer size\s*=\s*[\d.,]+ ?MiB"),
         ("offload", _OFFLOADED.pattern),
+        ("plan", _OFFLOAD_PLAN.pattern),
         ("vram", _VRAM_USED.pattern),
         ("budget", _WORKING_SET.pattern + "|" + _VRAM.pattern),
         ("bench", _BENCH_HEADER.pattern + r"|\|\s*(pp|tg|pg)\d+[^|]*\|\s*[\d.]+ ± "),
@@ -416,6 +421,7 @@ class _Scan:
     memory: dict[str, Any] = field(default_factory=dict)
     offloaded: tuple[int, int] | None = None
     offload_line: tuple[int, str] | None = None
+    offload_from_log: bool = False  # the engine said what it offloaded (not only what it planned)
     no_gpu_line: tuple[int, str] | None = None
     gpu_seen_line: tuple[int, str] | None = None
     bench_backends: set[str] = field(default_factory=set)
@@ -485,8 +491,13 @@ class _LineReader:
                 _add_buffer(self.buffers, buf)
                 if is_device(buf.device) and scan.gpu_seen_line is None:
                     scan.gpu_seen_line = (line_no, line)
-            elif name == "offload" and scan.offloaded is None and (off := _OFFLOADED.search(line)):
+            elif name == "offload" and not scan.offload_from_log and (off := _OFFLOADED.search(line)):
                 scan.offloaded = (int(off.group(1)), int(off.group(2)))
+                scan.offload_line = (line_no, line)
+                scan.offload_from_log = True
+            elif name == "plan" and scan.offloaded is None and (plan := _OFFLOAD_PLAN.search(line)):
+                # a plan only: what llama.cpp says it offloaded, when the log has it, decides
+                scan.offloaded = (int(plan.group(2)), int(plan.group(1)))
                 scan.offload_line = (line_no, line)
             elif name == "vram" and scan.gpu_seen_line is None:
                 scan.gpu_seen_line = (line_no, line)

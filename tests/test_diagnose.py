@@ -209,6 +209,40 @@ def test_metal_buffer_allocation_failures_are_out_of_memory_not_context_failed(f
     assert classify(failure, expect_gpu=True).status == "out_of_memory"
 
 
+@pytest.mark.parametrize(
+    "warning",
+    [
+        "warning: not compiled with GPU offload support, --n-gpu-layers option will be ignored",
+        "warning: not compiled with GPU offload support, --gpu-layers option will be ignored",
+        "warning: no usable GPU found, --gpu-layers option will be ignored\n"
+        "warning: one possible reason is that llama.cpp was compiled without GPU support",
+    ],
+)
+def test_a_cpu_only_build_asked_for_gpu_layers_is_cpu_fallback(warning: str) -> None:
+    # the warning comes first; the log may stop anywhere after it, or finish on the CPU
+    loading = warning + "\nllama_model_loader: loaded meta data with 36 key-value pairs and 197 tensors\n"
+    diag = classify(loading, expect_gpu=True)
+    assert diag.status == "cpu_fallback" and diag.line_no == 1
+    finished = loading + "llama_context:        CPU compute buffer size =   403.02 MiB\n"
+    finished += "llama_context: graph splits = 1\n"
+    assert classify(finished, expect_gpu=True).status == "cpu_fallback"
+    # on a CPU machine nothing was lost
+    assert classify(finished, expect_gpu=False).status == "ok"
+
+
+def test_ollamas_offload_plan_counts_when_llama_cpp_does_not_say() -> None:
+    plan = (
+        'msg="offload to cuda" layers.requested=31 layers.model=62 layers.offload=0 layers.split=""\n'
+        'msg="starting llama server" cmd="runners/cpu_avx2/ollama_llama_server runner --n-gpu-layers 31"\n'
+    )
+    diag = classify(plan, expect_gpu=True)
+    assert (diag.status, diag.offloaded) == ("cpu_fallback", (0, 62))
+    # what llama.cpp then says it offloaded decides over the plan
+    ran = plan.replace("offload=0", "offload=62") + "load_tensors: offloaded 60/62 layers to GPU\n"
+    ran += "load_tensors:        CUDA0 model buffer size =  1000.00 MiB\nllama_context: graph splits = 3\n"
+    assert classify(ran, expect_gpu=True).offloaded == (60, 62)
+
+
 def test_a_log_with_no_proof_of_success_is_not_ok() -> None:
     half = "llama_model_loader: loaded meta data\nload_tensors: offloaded 33/33 layers to GPU\n"
     half += "load_tensors:        CUDA0 model buffer size =  3545.34 MiB\n"
