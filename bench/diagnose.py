@@ -163,10 +163,15 @@ _FAILURES: tuple[_Failure, ...] = (
     _Failure(
         Status.CRASHED,
         r"GGML_ASSERT|ggml_abort|Assertion .* failed|Segmentation fault|SIGSEGV|SIGABRT|SIGBUS|SIGILL"
-        r"|Illegal instruction|Aborted|Abort trap|Bus error|terminate called|core dumped"
+        r"|[Ii]llegal (hardware )?instruction|invalid opcode|Aborted|Abort trap|Bus error|terminate called|core dumped"
         r"|(CUDA|ROCm|HIP|SYCL|Vulkan|Metal) error|vk::\w+Error|no kernel image is available|double free"
         r"|stack smashing|^\S+:\d+: fatal error$|^panic:|EXCEPTION_ACCESS_VIOLATION|STATUS_\w+_(VIOLATION|OVERRUN)"
-        r"|Trace/BPT trap|Native API failed|exit status 0xc0000\w+",
+        r"|Trace/BPT trap|Native API failed|exit status 0xc0000\w+|\bhas crashed\b"
+        r"|signal: (illegal|segmentation|abort|bus error|floating point)"
+        # Windows crash codes however they are printed: illegal instruction, access violation, fail-fast abort
+        r"|0x[cC]0000(01[dD]|005|409)\b|-107374(1795|1819|0791)\b"
+        # a child's exit code as its parent reports it: 128 + SIGILL, SIGABRT, SIGBUS, SIGFPE, SIGSEGV
+        r"|(?i:exit code|exit status|exited with code)\W{0,3}(132|134|135|136|139)\b",
     ),
     _Failure(
         Status.LOAD_FAILED,
@@ -234,7 +239,8 @@ _CUES = (
     "error", "fail", "fault", "ggml_abort", "aborted", "abort trap", "assert", "illegal", "terminate",
     "core dumped", "trap", "panic", "sigsegv", "sigabrt", "sigbus", "sigill", "kernel image", "double free",
     "stack smashing", "exception", "violation", "overrun", "exit status", "could not", "unable", "timed out",
-    "deadline", "ok: false", "unrecognized",
+    "deadline", "ok: false", "unrecognized", "crash", "opcode", "signal: ", "exit code", "exited with code",
+    "0xc0000", "-107374",
     # library and build
     "duplicate symbol", "multiple definition", "undefined", "symbol(s) not found", "ld returned",
     "library not loaded", "shared object", "shared librar", "elf header", "elf class", "incompatible architecture",
@@ -261,6 +267,7 @@ _OFFLOAD_PLAN = re2.compile(r"layers\.model=(\d+) layers\.offload=(\d+)")
 _VRAM_USED = re2.compile(r"VRAM used: [\d.]+ M")
 _WORKING_SET = re2.compile(r"recommendedMaxWorkingSetSize\s*=\s*([\d.]+) MB")
 _VRAM = re2.compile(r"Device \d+: .*VRAM: (\d+) MiB")
+_LIBRARY_RAN = re2.compile(r"\blib(llama|ggml)[\w.-]*\.(so|dylib|dll)\b")
 _BENCH_HEADER = re2.compile(r"^\|\s*model\s*\|.*\|\s*backend\s*\|")
 _HOST_DEVICES = ("CPU", "BLAS", "AMX", "ACCELERATE")
 _BUFFER_VARIANTS = ("_Mapped", "_REPACK", "_Split", "_AARCH64", "_Private", "_Shared")
@@ -612,6 +619,9 @@ def _decide(hits: list[_Hit], scan: _Scan) -> _Hit | None:
     for hit in hits:
         if hit.phase is Phase.START:
             hit.phase = min((h.phase for h in placed if h.line_no >= hit.line_no), default=Phase.DONE)
+    # a fault inside libllama/libggml proves the library was built and ran: a build message is not the cause
+    if any(h.status is Status.CRASHED and _LIBRARY_RAN.search(h.line) for h in hits):
+        hits = [h for h in hits if h.status is not Status.BUILD_FAILED]
     return min(hits, key=lambda h: (h.phase, h.priority, h.line_no), default=None)
 
 

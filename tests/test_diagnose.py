@@ -243,6 +243,43 @@ def test_ollamas_offload_plan_counts_when_llama_cpp_does_not_say() -> None:
     assert classify(ran, expect_gpu=True).offloaded == (60, 62)
 
 
+LOADING = "llama_model_loader: loaded meta data with 19 key-value pairs and 291 tensors\n"
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        "Illegal instruction",
+        "Illegal instruction (core dumped)",
+        "zsh: illegal hardware instruction (core dumped)  ./koboldcpp --model m.gguf",
+        "fish: Job 1, './koboldcpp-linux-x64' terminated by signal SIGILL (Illegal instruction)",
+        "traps: python3[213941] trap invalid opcode ip:7f4aa44a4e94 sp:7ffceec92e60 error:0 in libllama.so",
+        'level=ERROR msg="llama runner terminated" error="signal: illegal instruction (core dumped)"',
+        "llama.go:323: llama runner exited with error: signal: illegal ins>",  # cut at the terminal width
+        "OSError: [WinError -1073741795] Windows Error 0xc000001d",
+        'msg="llama runner terminated" error="exit status 0xc000001d"',
+        "(Exit code: 132). Please check settings and try loading the model again.",
+        "The model has crashed without additional information. (Exit code: 18446744072635812000)",
+    ],
+)
+def test_an_illegal_instruction_in_every_wording_is_crashed(ending: str) -> None:
+    assert classify(LOADING + ending, expect_gpu=False).status == "crashed"
+
+
+@pytest.mark.parametrize(("returncode", "signal_name"), [(-4, "SIGILL"), (132, "SIGILL"), (-11, "SIGSEGV")])
+def test_an_illegal_instruction_seen_only_in_the_exit_status_is_crashed(returncode: int, signal_name: str) -> None:
+    diag = classify(LOADING, expect_gpu=False, exit_info=ExitInfo(returncode))
+    assert diag.status == "crashed" and diag.reason.startswith(signal_name)
+
+
+def test_a_fault_inside_libllama_outranks_a_build_message_in_the_same_log() -> None:
+    log = "traps: python3[91882] trap invalid opcode ip:7ff310d6d72d error:0 in libllama.so[7ff310d50000+76000]\n"
+    log += "make: *** No rule to make target 'build'.  Stop.\n"
+    assert classify(log, expect_gpu=True).status == "crashed"
+    # without proof the library ran, the build message decides
+    assert classify(log.replace("in libllama.so", "in python3"), expect_gpu=True).status == "build_failed"
+
+
 def test_a_log_with_no_proof_of_success_is_not_ok() -> None:
     half = "llama_model_loader: loaded meta data\nload_tensors: offloaded 33/33 layers to GPU\n"
     half += "load_tensors:        CUDA0 model buffer size =  3545.34 MiB\n"
