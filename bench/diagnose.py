@@ -224,7 +224,7 @@ _SUCCESS: tuple[tuple[Phase, str], ...] = (
     (Phase.CONTEXT, r"graph splits\s*=|compute buffer size\s*=|Load Text Model OK: True"),
     (
         Phase.DONE,
-        r"perfgate-worker: phase=done|Benchmark Completed|\|\s*(pp|tg|pg)\d+[^|]*\|\s*[\d.]+ ± [\d.]+\s*\|"
+        r"perfgate-worker: phase=done|Benchmark Completed|\|\s*(pp|tg|pg) ?\d+[^|]*\|\s*[\d.]+ ± [\d.]+\s*\|"
         r"|\"avg_ts\"\s*:|llama_print_timings:\s+eval time|llama_perf_context_print:\s+eval time"
         r"|llama_perf_sampler_print|decoded \d+ tokens in|llama runner started in|main: model loaded",
     ),
@@ -285,7 +285,7 @@ def _compile_rules() -> tuple[Any, Any, list[tuple[str, Any]]]:
         ("plan", _OFFLOAD_PLAN.pattern),
         ("vram", _VRAM_USED.pattern),
         ("budget", _WORKING_SET.pattern + "|" + _VRAM.pattern),
-        ("bench", _BENCH_HEADER.pattern + r"|\|\s*(pp|tg|pg)\d+[^|]*\|\s*[\d.]+ ± "),
+        ("bench", _BENCH_HEADER.pattern + r"|\|\s*(pp|tg|pg) ?\d+[^|]*\|\s*[\d.]+ ± "),
     ]
     options = re2.Options()
     options.max_mem = 256 << 20

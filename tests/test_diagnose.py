@@ -35,7 +35,23 @@ def _classify_row(row: dict[str, str]):  # type: ignore[no-untyped-def]
     )
 
 
-@pytest.mark.parametrize("row", MANIFEST, ids=[r["file"] for r in MANIFEST])
+# logs a rule cannot get right from the log alone; strict: one that starts passing must leave this list
+KNOWN_MISSES = {
+    "partial_offload/llama-bench-sycl-70b-ngl-20.log": "llama-bench prints no layer count, so -ngl 20 of a "
+    "70B model's 81 layers cannot be seen from the log (perfgate passes layers_total from the GGUF)",
+}
+
+
+def _corpus_params() -> list[object]:
+    return [
+        pytest.param(r, id=r["file"], marks=pytest.mark.xfail(strict=True, reason=KNOWN_MISSES[r["file"]]))
+        if r["file"] in KNOWN_MISSES
+        else pytest.param(r, id=r["file"])
+        for r in MANIFEST
+    ]
+
+
+@pytest.mark.parametrize("row", _corpus_params())
 def test_every_corpus_log_classifies_as_its_manifest_says(row: dict[str, str]) -> None:
     diag = _classify_row(row)
     assert diag.status == row["expected_category"], f"{diag.phase} line {diag.line_no}: {diag.reason}"
@@ -278,6 +294,19 @@ def test_a_fault_inside_libllama_outranks_a_build_message_in_the_same_log() -> N
     assert classify(log, expect_gpu=True).status == "crashed"
     # without proof the library ran, the build message decides
     assert classify(log.replace("in libllama.so", "in python3"), expect_gpu=True).status == "build_failed"
+
+
+def test_old_llama_bench_tables_count_as_results_and_their_layers_as_asked() -> None:
+    # January 2024 llama-bench wrote "pp 512", not "pp512"
+    table = (
+        "| model                          |       size |     params | backend    | ngl | test       |   t/s |\n"
+        "| ------------------------------ | ---------: | ---------: | ---------- | --: | ---------- | ----: |\n"
+        "| llama 70B Q4_K - Medium        |  38.58 GiB |    68.98 B | SYCL       |  20 | pp 512     |  2.14 ± 0.28 |\n"
+    )
+    diag = classify(table, expect_gpu=True)
+    assert (diag.status, diag.backend) == ("ok", "SYCL")
+    # with the model's layer count, which perfgate reads from the GGUF, fewer layers asked is partial
+    assert classify(table, expect_gpu=True, layers_requested=20, layers_total=81).status == "partial_offload"
 
 
 def test_a_log_with_no_proof_of_success_is_not_ok() -> None:
