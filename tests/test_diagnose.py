@@ -96,7 +96,7 @@ def test_corpus_covers_every_status_five_engines_every_backend_and_a_third_of_lo
     assert {"metal", "cuda", "rocm", "vulkan", "sycl", "cpu"} <= {r["backend"] for r in MANIFEST}
     loaded = sum(r["expected_category"] in HALF_SUCCESS for r in MANIFEST)
     assert loaded * 3 >= len(MANIFEST)
-    assert {r["split"] for r in MANIFEST} == {"train", "heldout", "blind", "unseen"}
+    assert {r["split"] for r in MANIFEST} == {"train", "heldout", "blind", "unseen", "unseen2"}
 
 
 # Written for kinds of failure, not for the corpus files: variants worded differently must classify too.
