@@ -224,7 +224,7 @@ _SUCCESS: tuple[tuple[Phase, str], ...] = (
     (Phase.CONTEXT, r"graph splits\s*=|compute buffer size\s*=|Load Text Model OK: True"),
     (
         Phase.DONE,
-        r"perfgate-worker: phase=done|Benchmark Completed|\|\s*(pp|tg|pg) ?\d+[^|]*\|\s*[\d.]+ ± [\d.]+\s*\|"
+        r"perfgate-worker: phase=done|Benchmark Completed|\|\s*(pp|tg|pg) ?\d+[^|]*\|\s*[\d.]+ ± [\d.]+\s*(\||$)"
         r"|\"avg_ts\"\s*:|llama_print_timings:\s+eval time|llama_perf_context_print:\s+eval time"
         r"|llama_perf_sampler_print|decoded \d+ tokens in|llama runner started in|main: model loaded",
     ),
@@ -257,7 +257,7 @@ _CUES = (
     # memory, buffers, offload, results
     "memory", "allocate", "bad_alloc", "too large", "buffer size", "offloaded", "vram", "larger than", "exceed",
     "buffer is nil", "layers.offload=",
-    "recommendedmaxworkingsetsize", "| model", "± ",
+    "recommendedmaxworkingsetsize", "| model", "| backend", "± ",
 )
 # fmt: on
 
@@ -268,7 +268,8 @@ _VRAM_USED = re2.compile(r"VRAM used: [\d.]+ M")
 _WORKING_SET = re2.compile(r"recommendedMaxWorkingSetSize\s*=\s*([\d.]+) MB")
 _VRAM = re2.compile(r"Device \d+: .*VRAM: (\d+) MiB")
 _LIBRARY_RAN = re2.compile(r"\blib(llama|ggml)[\w.-]*\.(so|dylib|dll)\b")
-_BENCH_HEADER = re2.compile(r"^\|\s*model\s*\|.*\|\s*backend\s*\|")
+# a results table as llama-bench prints it, or pasted as GitHub markdown (no outer pipes)
+_BENCH_HEADER = re2.compile(r"^\|?\s*model\s*\|.*\|\s*backend\s*\|")
 _HOST_DEVICES = ("CPU", "BLAS", "AMX", "ACCELERATE")
 _BUFFER_VARIANTS = ("_Mapped", "_REPACK", "_Split", "_AARCH64", "_Private", "_Shared")
 _BUFFER_KINDS = {"model": "model", "kv": "kv", "compute": "compute", "output": "output", "rs": "kv", "input": "compute"}

@@ -307,6 +307,9 @@ def test_old_llama_bench_tables_count_as_results_and_their_layers_as_asked() -> 
     assert (diag.status, diag.backend) == ("ok", "SYCL")
     # with the model's layer count, which perfgate reads from the GGUF, fewer layers asked is partial
     assert classify(table, expect_gpu=True, layers_requested=20, layers_total=81).status == "partial_offload"
+    # pasted as GitHub markdown: no outer pipes
+    markdown = "\n".join(line.strip().strip("|") for line in table.splitlines())
+    assert (classify(markdown, expect_gpu=True).status, classify(markdown, expect_gpu=True).backend) == ("ok", "SYCL")
 
 
 def test_a_log_with_no_proof_of_success_is_not_ok() -> None:
