@@ -257,7 +257,7 @@ _CUES = (
     # memory, buffers, offload, results
     "memory", "allocate", "bad_alloc", "too large", "buffer size", "offloaded", "vram", "larger than", "exceed",
     "buffer is nil", "layers.offload=",
-    "recommendedmaxworkingsetsize", "| model", "| backend", "± ",
+    "recommendedmaxworkingsetsize", "| model", "| backend", "± ", '"model weights"', '"kv cache"', '"compute graph"',
 )
 # fmt: on
 
@@ -265,6 +265,10 @@ _OFFLOADED = re2.compile(r"offloaded (\d+)/(\d+) layers to GPU")
 # ollama's scheduler states its plan before the runner starts: layers.model=62 layers.offload=0
 _OFFLOAD_PLAN = re2.compile(r"layers\.model=(\d+) layers\.offload=(\d+)")
 _VRAM_USED = re2.compile(r"VRAM used: [\d.]+ M")
+# ollama's own engine reports its buffers per device in its own words
+_ENGINE_BUFFER = re2.compile(r'msg="(model weights|kv cache|compute graph)" device=(\S+) size="([\d.]+) ([KMG]i?B|B)"')
+_ENGINE_KINDS = {"model weights": "model", "kv cache": "kv", "compute graph": "compute"}
+_UNIT_BYTES = {"B": 1, "KB": 1024, "KiB": 1024, "MB": MIB, "MiB": MIB, "GB": 1024 * MIB, "GiB": 1024 * MIB}
 _WORKING_SET = re2.compile(r"recommendedMaxWorkingSetSize\s*=\s*([\d.]+) MB")
 _VRAM = re2.compile(r"Device \d+: .*VRAM: (\d+) MiB")
 _LIBRARY_RAN = re2.compile(r"\blib(llama|ggml)[\w.-]*\.(so|dylib|dll)\b")
@@ -282,6 +286,7 @@ def _compile_rules() -> tuple[Any, Any, list[tuple[str, Any]]]:
     per_line += [("benign", p) for p in _BENIGN] + [("no_gpu", _NO_GPU)]
     per_line += [
         ("buffer", r"buffer size\s*=\s*[\d.,]+ ?MiB"),
+        ("engine_buffer", _ENGINE_BUFFER.pattern),
         ("offload", _OFFLOADED.pattern),
         ("plan", _OFFLOAD_PLAN.pattern),
         ("vram", _VRAM_USED.pattern),
@@ -355,7 +360,10 @@ class _Buffer:
 
 def _parse_buffer(line: str) -> _Buffer | None:
     """'<prefix>: <device> [model|KV|compute|output] buffer size = N MiB', where <device> may hold spaces
-    (a GPU's marketing name)."""
+    (a GPU's marketing name); or ollama's 'msg="kv cache" device=CUDA0 size="1.3 GiB"'."""
+    if engine := _ENGINE_BUFFER.search(line):
+        kind, device, size, unit = engine.groups()
+        return _Buffer(device, _ENGINE_KINDS[kind], int(float(size) * _UNIT_BYTES[unit]), False)
     head, sep, tail = line.partition("buffer size")
     if not sep or tail.lstrip().startswith("is"):
         return None
@@ -430,6 +438,7 @@ class _Scan:
     offloaded: tuple[int, int] | None = None
     offload_line: tuple[int, str] | None = None
     offload_from_log: bool = False  # the engine said what it offloaded (not only what it planned)
+    kv_lines: dict[str, tuple[int, str]] = field(default_factory=dict)  # first KV buffer line per device
     no_gpu_line: tuple[int, str] | None = None
     gpu_seen_line: tuple[int, str] | None = None
     bench_backends: set[str] = field(default_factory=set)
@@ -495,10 +504,12 @@ class _LineReader:
                 scan.hits.append(_Hit(failure.status, failure.phase or Phase.START, index, line_no, line))
             elif name == "no_gpu" and scan.no_gpu_line is None:
                 scan.no_gpu_line = (line_no, line)
-            elif name == "buffer" and (buf := _parse_buffer(line)):
+            elif name in ("buffer", "engine_buffer") and (buf := _parse_buffer(line)):
                 _add_buffer(self.buffers, buf)
                 if is_device(buf.device) and scan.gpu_seen_line is None:
                     scan.gpu_seen_line = (line_no, line)
+                if buf.kind == "kv":
+                    scan.kv_lines.setdefault(buf.device, (line_no, line))
             elif name == "offload" and not scan.offload_from_log and (off := _OFFLOADED.search(line)):
                 scan.offloaded = (int(off.group(1)), int(off.group(2)))
                 scan.offload_line = (line_no, line)
@@ -714,6 +725,16 @@ def _judge_load(
     off = scan.offloaded
     if off and 0 < off[0] < off[1] and (layers_requested is None or layers_requested >= off[1]):
         return verdict(Status.PARTIAL_OFFLOAD, scan.offload_line)
+    gpu_kv = [d for d in scan.kv_lines if is_device(d)]
+    if off is None and gpu_kv and "CPU" in scan.kv_lines:
+        # a layer's KV cache lives where the layer runs: KV in plain CPU memory beside a GPU's means some
+        # layers stayed on the CPU (KV kept off the GPU on purpose goes to pinned host memory, not here)
+        cpu_kv = scan.kv_lines["CPU"]
+        return verdict(
+            Status.PARTIAL_OFFLOAD,
+            cpu_kv,
+            f"the KV cache is split between {', '.join(gpu_kv)} and the CPU, some layers ran on the CPU: {cpu_kv[1]}",
+        )
     if expect_gpu and not gpu_used and (scan.offloaded or scan.memory or scan.bench_backends or scan.success):
         where = scan.offload_line or (scan.success[1:] if scan.success else None)
         shown = where[1] if where else "only host buffers"

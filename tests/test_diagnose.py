@@ -401,6 +401,27 @@ def test_exit_information_decides_crash_timeout_and_oom_kill_at_the_last_phase()
     assert classify(arch, expect_gpu=False, exit_info=ExitInfo(139)).status == "unsupported_architecture"
 
 
+def test_a_kv_cache_split_between_a_gpu_and_the_cpu_is_partial_offload() -> None:
+    log = (
+        "llama_kv_cache_init:        CPU KV buffer size =   384.00 MiB\n"
+        "llama_kv_cache_init:      Metal KV buffer size =   640.00 MiB\n"
+        "llama_new_context_with_model:      Metal compute buffer size =   258.50 MiB\n"
+    )
+    diag = classify(log, expect_gpu=True)
+    assert (diag.status, diag.line_no) == ("partial_offload", 1) and "split between Metal and the CPU" in diag.reason
+    # KV kept off the GPU on purpose sits in pinned host memory: that is not a layer left on the CPU
+    lowvram = log.replace("        CPU KV", "  CUDA_Host KV").replace("Metal", "CUDA0")
+    assert classify(lowvram.replace("CUDA0 KV", "CUDA_Host KV"), expect_gpu=True).status == "ok"
+    # ollama's own engine says the same in its words
+    engine = (
+        'msg="model weights" device=Vulkan0 size="4.4 GiB"\nmsg="model weights" device=CPU size="8.4 GiB"\n'
+        'msg="kv cache" device=Vulkan0 size="1.3 GiB"\nmsg="kv cache" device=CPU size="1.8 GiB"\n'
+    )
+    diag = classify(engine, expect_gpu=True)
+    assert diag.status == "partial_offload"
+    assert diag.memory["kv"] == {"Vulkan0": int(1.3 * 2**30), "CPU": int(1.8 * 2**30)}
+
+
 def test_fewer_layers_asked_than_the_model_has_is_partial() -> None:
     log = "load_tensors: offloaded 2/33 layers to GPU\nload_tensors: CUDA0 model buffer size = 1.00 MiB"
     log += "\nllama_context: CUDA0 compute buffer size = 1.00 MiB"
