@@ -82,9 +82,15 @@ def main() -> None:
     parser.add_argument("--manifest", type=Path, default=MANIFEST)
     parser.add_argument("--split", action="append", help="only this split (repeatable)")
     args = parser.parse_args()
-    if not args.manifest.is_file():
-        sys.exit(f"error: {args.manifest}: no such manifest")
-    print(report(score(args.manifest, set(args.split) if args.split else None)))
+    try:
+        scored = score(args.manifest, set(args.split) if args.split else None)
+    except (OSError, KeyError, ValueError) as exc:
+        print(f"error: {args.manifest}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if not scored:
+        print(f"error: {args.manifest}: no logs in split {', '.join(args.split or [])}", file=sys.stderr)
+        raise SystemExit(2)
+    print(report(scored))
 
 
 if __name__ == "__main__":
