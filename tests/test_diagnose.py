@@ -562,7 +562,7 @@ def test_cli_text_says_the_end_of_an_incomplete_log_is_missing() -> None:
     log = LOGS / "log_incomplete/koboldcpp-41-of-41-kv-on-cuda-host.log"
     proc = bench_cli("classify-log", str(log), "--expect-gpu", "--format", "text")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith(f"{log}: log_incomplete. The load reached context; last line (line 20)")
+    assert proc.stdout.startswith(f"{log}: log_incomplete. The load reached context; where it stops (line 20)")
     assert "the end of the log is missing" in proc.stdout
     assert "41/41 layers were offloaded" in proc.stdout and "model CUDA0 8.49 GiB" in proc.stdout
 

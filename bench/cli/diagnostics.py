@@ -25,7 +25,7 @@ def explain(diag: Diagnosis, file: str) -> str:
     """One paragraph for a person: what happened, how far the load got, which line says so."""
     where = f" (line {diag.line_no})" if diag.line_no else ""
     # an incomplete log has no deciding line, only a last one
-    what = "last line" if diag.status == Status.LOG_INCOMPLETE else "deciding"
+    what = "where it stops" if diag.status == Status.LOG_INCOMPLETE else "deciding"
     parts = [f"{file}: {diag.status}. The load reached {diag.phase}; {what}{where}: {diag.reason}"]
     if diag.offloaded:
         parts.append(f"{diag.offloaded[0]}/{diag.offloaded[1]} layers were offloaded to the GPU")
