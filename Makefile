@@ -99,6 +99,7 @@ bench: install vendor
 	$(PY) benchmarks/build_cache.py
 	$(PY) benchmarks/engines_side_by_side.py
 	$(PY) benchmarks/bisect_bench.py
+	$(PY) benchmarks/classifier_score.py
 
 clean:
 	rm -rf $(VENV) .cache dashboard/site models db/*.sqlite*

@@ -8,8 +8,10 @@ to create context", is a shader failure; an assert after it is a consequence.
 
 `ok` needs proof: the worker's `phase=done`, a context that was built, a benchmark result, KoboldCPP's
 "Load Text Model OK: True"; and, where a GPU was expected, device buffers (recognised by the shape of
-the buffer line, not by a list of backend names) or a llama-bench row on a GPU backend. A log with
-neither proof nor a known cause is `load_failed`.
+the buffer line, not by a list of backend names) or a llama-bench row on a GPU backend. A log that shows
+a load under way but stops with neither proof nor a known cause, and whose process end is unknown (a
+pasted excerpt), is `log_incomplete`: what it shows is reported, and that its end is missing. A log that
+shows no load at all, or one whose process exited with neither, is `load_failed`.
 
 Every pattern is compiled by RE2, whose matching time is linear in the input: a log is scanned once
 for cue words (`_CUES`), and only the lines near one are matched against the rules.
@@ -87,7 +89,14 @@ _FAILURES: tuple[_Failure, ...] = (
     ),
     _Failure(
         Status.SHADER_COMPILE_FAILED,
-        r"program_source:\d+:\d+: (fatal )?error|MTLLibraryErrorDomain Code=3"
+        r"program_source:\d+:\d+: (fatal )?error|MTLLibraryErrorDomain Code=3|In file included from program_source"
+        r"|\.metal:\d+:\d+: (fatal )?error"
+        # the Metal 4 tensor API (MetalPerformancePrimitives) rejecting the shader source on a new macOS
+        r"|MetalPerformancePrimitives[^\n]*error|MPPTensorOps\w*\.h:\d+|__tensor_ops_detail|cooperative tensor types"
+        # the GPU compiler rejecting a kernel when its pipeline is built
+        r"|load pipeline error|SC compilation failure|Error Domain=CompilerError|Compiler encountered an internal error"
+        r"|unlowered function call|computeFunction must not be nil|failed to (create|build) (the )?(compute )?pipeline"
+        r"|newComputePipelineState\w*[^\n]*(fail|error)"
         r"|failed to compile (the )?(metal |vulkan )?(shader|pipeline|library|kernel)|shader compil\w* (fail|error)"
         r"|error compiling (shader|pipeline)",
         Phase.BACKEND,
@@ -132,9 +141,14 @@ _FAILURES: tuple[_Failure, ...] = (
     _Failure(
         Status.OUT_OF_MEMORY,
         r"(?i)out of memory|(cuda|hip)Malloc failed|insufficient (device )?memory|ErrorOutOf(Device|Host)Memory"
-        r"|OUT_OF_(HOST|DEVICE)_MEMORY|(failed|unable) to allocate (\w+ )?buffer|failed to allocate compute buffers"
+        r"|OUT_OF_(HOST|DEVICE)_MEMORY|(failed|unable) to allocate (\w+ ){0,3}buffers?"
         r"|bad_alloc|not enough memory|cannot allocate memory|Device memory allocation of size \d+"
-        r"|kv_cache_init\(\) failed|too large to fit in a \w+ buffer|MemoryError|can't allocate \d+ Bytes",
+        r"|kv_cache_init\(\) failed|too large to fit in a \w+ buffer|MemoryError|can't allocate \d+ Bytes"
+        # a buffer over the device's limit, and what a failed allocation leaves for the compute that follows
+        r"|buffer[^\n]{0,60} is larger than (the )?(buffer )?max(imum)?|must not exceed \d+ ?[MG]i?B"
+        r"|exceeds (the )?(device )?(memory allocation|max(imum)? buffer)|buffer is nil"
+        # Metal: a command buffer that fails with status 5 (MTLCommandBufferStatusError) ran out of GPU memory
+        r"|command buffer \d+ failed with status 5|CallbackErrorOutOfMemory",
     ),
     _Failure(
         Status.CONTEXT_FAILED,
@@ -149,10 +163,15 @@ _FAILURES: tuple[_Failure, ...] = (
     _Failure(
         Status.CRASHED,
         r"GGML_ASSERT|ggml_abort|Assertion .* failed|Segmentation fault|SIGSEGV|SIGABRT|SIGBUS|SIGILL"
-        r"|Illegal instruction|Aborted|Abort trap|Bus error|terminate called|core dumped"
+        r"|[Ii]llegal (hardware )?instruction|invalid opcode|Aborted|Abort trap|Bus error|terminate called|core dumped"
         r"|(CUDA|ROCm|HIP|SYCL|Vulkan|Metal) error|vk::\w+Error|no kernel image is available|double free"
         r"|stack smashing|^\S+:\d+: fatal error$|^panic:|EXCEPTION_ACCESS_VIOLATION|STATUS_\w+_(VIOLATION|OVERRUN)"
-        r"|Trace/BPT trap|Native API failed|exit status 0xc0000\w+",
+        r"|Trace/BPT trap|Native API failed|exit status 0xc0000\w+|\bhas crashed\b"
+        r"|signal: (illegal|segmentation|abort|bus error|floating point)"
+        # Windows crash codes however they are printed: illegal instruction, access violation, fail-fast abort
+        r"|0x[cC]0000(01[dD]|005|409)\b|-107374(1795|1819|0791)\b"
+        # a child's exit code as its parent reports it: 128 + SIGILL, SIGABRT, SIGBUS, SIGFPE, SIGSEGV
+        r"|(?i:exit code|exit status|exited with code)\W{0,3}(132|134|135|136|139)\b",
     ),
     _Failure(
         Status.LOAD_FAILED,
@@ -170,6 +189,8 @@ _NO_GPU = (
     r"(?i)no CUDA-capable device|no CUDA devices found|CUDA will be disabled|ggml_vulkan: No devices found"
     r"|No GPU Backend found|(CuBLAS|CLBlast|Vulkan|hipBLAS|ROCm) library file not found|Attempting to use CPU library"
     r"|found 0 (CUDA|Vulkan|SYCL|ROCm) devices|no usable GPU"
+    # a build without any GPU backend, asked for GPU layers
+    r"|not compiled with GPU offload support|compiled without GPU support|gpu-layers option will be ignored"
 )
 
 # The first line of each phase: the log got at least that far.
@@ -203,7 +224,7 @@ _SUCCESS: tuple[tuple[Phase, str], ...] = (
     (Phase.CONTEXT, r"graph splits\s*=|compute buffer size\s*=|Load Text Model OK: True"),
     (
         Phase.DONE,
-        r"perfgate-worker: phase=done|Benchmark Completed|\|\s*(pp|tg|pg)\d+[^|]*\|\s*[\d.]+ ± [\d.]+\s*\|"
+        r"perfgate-worker: phase=done|Benchmark Completed|\|\s*(pp|tg|pg) ?\d+[^|]*\|\s*[\d.]+ ± [\d.]+\s*(\||$)"
         r"|\"avg_ts\"\s*:|llama_print_timings:\s+eval time|llama_perf_context_print:\s+eval time"
         r"|llama_perf_sampler_print|decoded \d+ tokens in|llama runner started in|main: model loaded",
     ),
@@ -218,30 +239,41 @@ _CUES = (
     "error", "fail", "fault", "ggml_abort", "aborted", "abort trap", "assert", "illegal", "terminate",
     "core dumped", "trap", "panic", "sigsegv", "sigabrt", "sigbus", "sigill", "kernel image", "double free",
     "stack smashing", "exception", "violation", "overrun", "exit status", "could not", "unable", "timed out",
-    "deadline", "ok: false", "unrecognized",
+    "deadline", "ok: false", "unrecognized", "crash", "opcode", "signal: ", "exit code", "exited with code",
+    "0xc0000", "-107374",
     # library and build
     "duplicate symbol", "multiple definition", "undefined", "symbol(s) not found", "ld returned",
     "library not loaded", "shared object", "shared librar", "elf header", "elf class", "incompatible architecture",
     "no module named", "dll load", "***", "build stopped", "hiperror", "code objects",
     # backend
     "program_source", "mtllibrary", "shader", "metal", "no cuda", "will be disabled", "no devices", "no gpu",
-    "library file not found", "cpu library", "found 0", "no usable",
+    "library file not found", "cpu library", "found 0", "no usable", "pipeline", "compil", "tensor_ops",
+    "cooperative tensor", "mpptensorops", "unlowered", "gpu offload", "gpu support", "will be ignored",
     # model file
     "requires more", "does not exist", "cannot find", "no such file", "model file", "invalid", "magic", "ggml file",
     "file bounds", "corrupted", "split file", "gguf file version", "end of file", "unidentified", "unknown",
     "unsupported", "not supported", "has wrong", "valid gguf", "tokenizer", "key not found", "missing tensor",
     "wrong number",
     # memory, buffers, offload, results
-    "memory", "allocate", "bad_alloc", "too large", "buffer size", "offloaded", "vram",
-    "recommendedmaxworkingsetsize", "| model", "± ",
+    "memory", "allocate", "bad_alloc", "too large", "buffer size", "offloaded", "vram", "larger than", "exceed",
+    "buffer is nil", "layers.offload=",
+    "recommendedmaxworkingsetsize", "| model", "| backend", "± ", '"model weights"', '"kv cache"', '"compute graph"',
 )
 # fmt: on
 
 _OFFLOADED = re2.compile(r"offloaded (\d+)/(\d+) layers to GPU")
+# ollama's scheduler states its plan before the runner starts: layers.model=62 layers.offload=0
+_OFFLOAD_PLAN = re2.compile(r"layers\.model=(\d+) layers\.offload=(\d+)")
 _VRAM_USED = re2.compile(r"VRAM used: [\d.]+ M")
+# ollama's own engine reports its buffers per device in its own words
+_ENGINE_BUFFER = re2.compile(r'msg="(model weights|kv cache|compute graph)" device=(\S+) size="([\d.]+) ([KMG]i?B|B)"')
+_ENGINE_KINDS = {"model weights": "model", "kv cache": "kv", "compute graph": "compute"}
+_UNIT_BYTES = {"B": 1, "KB": 1024, "KiB": 1024, "MB": MIB, "MiB": MIB, "GB": 1024 * MIB, "GiB": 1024 * MIB}
 _WORKING_SET = re2.compile(r"recommendedMaxWorkingSetSize\s*=\s*([\d.]+) MB")
 _VRAM = re2.compile(r"Device \d+: .*VRAM: (\d+) MiB")
-_BENCH_HEADER = re2.compile(r"^\|\s*model\s*\|.*\|\s*backend\s*\|")
+_LIBRARY_RAN = re2.compile(r"\blib(llama|ggml)[\w.-]*\.(so|dylib|dll)\b")
+# a results table as llama-bench prints it, or pasted as GitHub markdown (no outer pipes)
+_BENCH_HEADER = re2.compile(r"^\|?\s*model\s*\|.*\|\s*backend\s*\|")
 _HOST_DEVICES = ("CPU", "BLAS", "AMX", "ACCELERATE")
 _BUFFER_VARIANTS = ("_Mapped", "_REPACK", "_Split", "_AARCH64", "_Private", "_Shared")
 _BUFFER_KINDS = {"model": "model", "kv": "kv", "compute": "compute", "output": "output", "rs": "kv", "input": "compute"}
@@ -254,10 +286,12 @@ def _compile_rules() -> tuple[Any, Any, list[tuple[str, Any]]]:
     per_line += [("benign", p) for p in _BENIGN] + [("no_gpu", _NO_GPU)]
     per_line += [
         ("buffer", r"buffer size\s*=\s*[\d.,]+ ?MiB"),
+        ("engine_buffer", _ENGINE_BUFFER.pattern),
         ("offload", _OFFLOADED.pattern),
+        ("plan", _OFFLOAD_PLAN.pattern),
         ("vram", _VRAM_USED.pattern),
         ("budget", _WORKING_SET.pattern + "|" + _VRAM.pattern),
-        ("bench", _BENCH_HEADER.pattern + r"|\|\s*(pp|tg|pg)\d+[^|]*\|\s*[\d.]+ ± "),
+        ("bench", _BENCH_HEADER.pattern + r"|\|\s*(pp|tg|pg) ?\d+[^|]*\|\s*[\d.]+ ± "),
     ]
     options = re2.Options()
     options.max_mem = 256 << 20
@@ -278,6 +312,8 @@ def _inline_flags(pattern: str) -> str:
 
 
 _TRIGGER, _RULE_SET, _RULES = _compile_rules()
+_BUILD_RULE = f"fail:{next(i for i, f in enumerate(_FAILURES) if f.status is Status.BUILD_FAILED)}"
+_SHADER_RULE = f"fail:{next(i for i, f in enumerate(_FAILURES) if f.status is Status.SHADER_COMPILE_FAILED)}"
 _PROGRESS_RE = [(phase, p, False) for phase, p in _PROGRESS] + [(phase, p, True) for phase, p in _SUCCESS]
 
 
@@ -324,7 +360,10 @@ class _Buffer:
 
 def _parse_buffer(line: str) -> _Buffer | None:
     """'<prefix>: <device> [model|KV|compute|output] buffer size = N MiB', where <device> may hold spaces
-    (a GPU's marketing name)."""
+    (a GPU's marketing name); or ollama's 'msg="kv cache" device=CUDA0 size="1.3 GiB"'."""
+    if engine := _ENGINE_BUFFER.search(line):
+        kind, device, size, unit = engine.groups()
+        return _Buffer(device, _ENGINE_KINDS[kind], int(float(size) * _UNIT_BYTES[unit]), False)
     head, sep, tail = line.partition("buffer size")
     if not sep or tail.lstrip().startswith("is"):
         return None
@@ -398,6 +437,8 @@ class _Scan:
     memory: dict[str, Any] = field(default_factory=dict)
     offloaded: tuple[int, int] | None = None
     offload_line: tuple[int, str] | None = None
+    offload_from_log: bool = False  # the engine said what it offloaded (not only what it planned)
+    kv_lines: dict[str, tuple[int, str]] = field(default_factory=dict)  # first KV buffer line per device
     no_gpu_line: tuple[int, str] | None = None
     gpu_seen_line: tuple[int, str] | None = None
     bench_backends: set[str] = field(default_factory=set)
@@ -450,6 +491,9 @@ class _LineReader:
         self._seen.add(raw)
         line = raw.decode("utf-8", "replace").strip()
         names = [_RULES[i][0] for i in _RULE_SET.Match(raw) or ()]
+        if _SHADER_RULE in names:
+            # the Metal compiler's diagnostics quote a path:line:col like a C compiler's: not a build failure
+            names = [n for n in names if n != _BUILD_RULE]
         # a traceback quotes its source ('raise ValueError(f"...")'): the message line says more
         benign = "benign" in names or line.startswith(("raise ", 'File "'))
         scan = self.scan
@@ -460,12 +504,19 @@ class _LineReader:
                 scan.hits.append(_Hit(failure.status, failure.phase or Phase.START, index, line_no, line))
             elif name == "no_gpu" and scan.no_gpu_line is None:
                 scan.no_gpu_line = (line_no, line)
-            elif name == "buffer" and (buf := _parse_buffer(line)):
+            elif name in ("buffer", "engine_buffer") and (buf := _parse_buffer(line)):
                 _add_buffer(self.buffers, buf)
                 if is_device(buf.device) and scan.gpu_seen_line is None:
                     scan.gpu_seen_line = (line_no, line)
-            elif name == "offload" and scan.offloaded is None and (off := _OFFLOADED.search(line)):
+                if buf.kind == "kv":
+                    scan.kv_lines.setdefault(buf.device, (line_no, line))
+            elif name == "offload" and not scan.offload_from_log and (off := _OFFLOADED.search(line)):
                 scan.offloaded = (int(off.group(1)), int(off.group(2)))
+                scan.offload_line = (line_no, line)
+                scan.offload_from_log = True
+            elif name == "plan" and scan.offloaded is None and (plan := _OFFLOAD_PLAN.search(line)):
+                # a plan only: what llama.cpp says it offloaded, when the log has it, decides
+                scan.offloaded = (int(plan.group(2)), int(plan.group(1)))
                 scan.offload_line = (line_no, line)
             elif name == "vram" and scan.gpu_seen_line is None:
                 scan.gpu_seen_line = (line_no, line)
@@ -574,13 +625,16 @@ def _decide(hits: list[_Hit], scan: _Scan) -> _Hit | None:
     for hit in hits:
         if hit.phase is Phase.START:  # a failure without a phase of its own happened where the log was
             hit.phase = scan.phase_at(hit.line_no)
-
-    def order(hit: _Hit) -> tuple[Phase, int, int]:
-        # before any phase marker (a pasted fragment) the place is unknown: a failure that knows its
-        # phase explains it
-        return (hit.phase if hit.phase > Phase.START else Phase.DONE, hit.priority, hit.line_no)
-
-    return min(hits, key=order, default=None)
+    # before any phase marker (a pasted fragment) a failure's place is unknown; a log is written in time
+    # order, so it happened no later than the failures after it (on its own line too) that know their phase
+    placed = [h for h in hits if h.phase > Phase.START]
+    for hit in hits:
+        if hit.phase is Phase.START:
+            hit.phase = min((h.phase for h in placed if h.line_no >= hit.line_no), default=Phase.DONE)
+    # a fault inside libllama/libggml proves the library was built and ran: a build message is not the cause
+    if any(h.status is Status.CRASHED and _LIBRARY_RAN.search(h.line) for h in hits):
+        hits = [h for h in hits if h.status is not Status.BUILD_FAILED]
+    return min(hits, key=lambda h: (h.phase, h.priority, h.line_no), default=None)
 
 
 def _backend(scan: _Scan) -> str | None:
@@ -630,13 +684,27 @@ def classify(
             reason=_clip(f"exited with code {exit_info.returncode}; the log names no cause; last line: {last}"),
             line_no=line_no,
         )
-    return _judge_load(base, scan, expect_gpu=expect_gpu, layers_requested=layers_requested, layers_total=layers_total)
+    return _judge_load(
+        base,
+        scan,
+        expect_gpu=expect_gpu,
+        layers_requested=layers_requested,
+        layers_total=layers_total,
+        end_known=exit_info.returncode is not None,
+    )
 
 
 def _judge_load(
-    base: Diagnosis, scan: _Scan, *, expect_gpu: bool, layers_requested: int | None, layers_total: int | None
+    base: Diagnosis,
+    scan: _Scan,
+    *,
+    expect_gpu: bool,
+    layers_requested: int | None,
+    layers_total: int | None,
+    end_known: bool,
 ) -> Diagnosis:
-    """No failure in the log: where did the model go, and is there proof that the load finished?"""
+    """No failure in the log: where did the model go, and is there proof that the load finished?
+    `end_known`: the process that wrote the log was seen to end (an exit status), so the log is whole."""
 
     def verdict(status: Status, where: tuple[int | None, str] | None, reason: str | None = None) -> Diagnosis:
         line_no, line = where or (None, "")
@@ -657,6 +725,16 @@ def _judge_load(
     off = scan.offloaded
     if off and 0 < off[0] < off[1] and (layers_requested is None or layers_requested >= off[1]):
         return verdict(Status.PARTIAL_OFFLOAD, scan.offload_line)
+    gpu_kv = [d for d in scan.kv_lines if is_device(d)]
+    if off is None and gpu_kv and "CPU" in scan.kv_lines:
+        # a layer's KV cache lives where the layer runs: KV in plain CPU memory beside a GPU's means some
+        # layers stayed on the CPU (KV kept off the GPU on purpose goes to pinned host memory, not here)
+        cpu_kv = scan.kv_lines["CPU"]
+        return verdict(
+            Status.PARTIAL_OFFLOAD,
+            cpu_kv,
+            f"the KV cache is split between {', '.join(gpu_kv)} and the CPU, some layers ran on the CPU: {cpu_kv[1]}",
+        )
     if expect_gpu and not gpu_used and (scan.offloaded or scan.memory or scan.bench_backends or scan.success):
         where = scan.offload_line or (scan.success[1:] if scan.success else None)
         shown = where[1] if where else "only host buffers"
@@ -671,11 +749,20 @@ def _judge_load(
             )
     if scan.success is None:
         reached = scan.last_line
+        last = reached[1] if reached else "none"
+        shows_load = scan.reached > Phase.START or scan.offloaded or scan.memory or scan.bench_backends
+        if shows_load and not end_known:
+            return verdict(
+                Status.LOG_INCOMPLETE,
+                reached,
+                f"the end of the log is missing: it stops in {scan.reached.label} with no error and no proof the "
+                f"load finished; last line: {last}",
+            )
         return verdict(
             Status.LOAD_FAILED,
             reached,
             f"the log stops in {scan.reached.label} with no sign the load finished and no known cause; last line: "
-            f"{reached[1] if reached else 'none'}",
+            f"{last}",
         )
     _, success_line_no, success_line = scan.success
     evidence = (scan.offload_line or scan.gpu_seen_line) if expect_gpu else None

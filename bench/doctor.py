@@ -21,7 +21,7 @@ import psutil
 
 from bench import machine as machine_mod
 from bench.config import Config
-from bench.diagnose import classify
+from bench.diagnose import ExitInfo, classify
 from bench.errors import PerfgateError
 from bench.store.db import make_engine, resolve_url, schema_state, shown
 from bench.synth import SHAPES, SynthSpec, synthesize
@@ -104,7 +104,7 @@ def probe_offload(python: str, expect_gpu: bool, workdir: Path) -> Check:
     if proc.returncode != 0 or "perfgate-probe-loaded" not in log:
         last = [ln for ln in log.splitlines() if ln.strip()][-1:] or [f"exit code {proc.returncode}"]
         return Check("gpu_probe", False, f"probe load with {python} failed: {last[0][:240]}")
-    diag = classify(log, expect_gpu=expect_gpu, layers_requested=None)
+    diag = classify(log, expect_gpu=expect_gpu, layers_requested=None, exit_info=ExitInfo(proc.returncode))
     budget = diag.memory.get("device_budget_bytes")
     where = f"backend {diag.backend or 'CPU'}"
     if diag.offloaded:

@@ -28,6 +28,9 @@ class Status(StrEnum):
     SKIPPED_DOES_NOT_FIT = "skipped_does_not_fit"
     # the model did not load and the log names no known cause (kept honest, not guessed)
     LOAD_FAILED = "load_failed"
+    # the log stops before the load ends and names no failure (a pasted excerpt, a process that stopped
+    # writing): what it shows is reported, but neither success nor a failure can be read from it
+    LOG_INCOMPLETE = "log_incomplete"
     # the build under test has no usable library (it failed to configure, compile, link or import)
     BUILD_FAILED = "build_failed"
 

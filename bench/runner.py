@@ -169,7 +169,7 @@ def prepare_builds(config: Config, *, progress: Callable[[str, str], None] | Non
         if not ident.ok:
             diag = classify(ident.error_log, expect_gpu=False)
             status, reason = diag.status, diag.reason
-            if status in (Status.OK, Status.LOAD_FAILED):
+            if status in (Status.OK, Status.LOAD_FAILED, Status.LOG_INCOMPLETE):
                 last = [ln.strip() for ln in ident.error_log.splitlines() if ln.strip()]
                 status, reason = Status.BUILD_FAILED, last[-1] if last else "the build cannot be used"
             failed = Measurement(str(status), reason, suite.n_prompt, suite.n_gen, log=ident.error_log)

@@ -35,7 +35,23 @@ def _classify_row(row: dict[str, str]):  # type: ignore[no-untyped-def]
     )
 
 
-@pytest.mark.parametrize("row", MANIFEST, ids=[r["file"] for r in MANIFEST])
+# logs a rule cannot get right from the log alone; strict: one that starts passing must leave this list
+KNOWN_MISSES = {
+    "partial_offload/llama-bench-sycl-70b-ngl-20.log": "llama-bench prints no layer count, so -ngl 20 of a "
+    "70B model's 81 layers cannot be seen from the log (perfgate passes layers_total from the GGUF)",
+}
+
+
+def _corpus_params() -> list[object]:
+    return [
+        pytest.param(r, id=r["file"], marks=pytest.mark.xfail(strict=True, reason=KNOWN_MISSES[r["file"]]))
+        if r["file"] in KNOWN_MISSES
+        else pytest.param(r, id=r["file"])
+        for r in MANIFEST
+    ]
+
+
+@pytest.mark.parametrize("row", _corpus_params())
 def test_every_corpus_log_classifies_as_its_manifest_says(row: dict[str, str]) -> None:
     diag = _classify_row(row)
     assert diag.status == row["expected_category"], f"{diag.phase} line {diag.line_no}: {diag.reason}"
@@ -80,7 +96,7 @@ def test_corpus_covers_every_status_five_engines_every_backend_and_a_third_of_lo
     assert {"metal", "cuda", "rocm", "vulkan", "sycl", "cpu"} <= {r["backend"] for r in MANIFEST}
     loaded = sum(r["expected_category"] in HALF_SUCCESS for r in MANIFEST)
     assert loaded * 3 >= len(MANIFEST)
-    assert {r["split"] for r in MANIFEST} == {"train", "heldout", "blind"}
+    assert {r["split"] for r in MANIFEST} == {"train", "heldout", "blind", "unseen", "unseen2"}
 
 
 # Written for kinds of failure, not for the corpus files: variants worded differently must classify too.
@@ -135,20 +151,200 @@ def test_variants_of_each_kind(log: str, expect_gpu: bool, status: str) -> None:
     assert classify(log, expect_gpu=expect_gpu).status == status
 
 
+@pytest.mark.parametrize(
+    "log",
+    [
+        # the source does not compile for this GPU or OS (2023 wording)
+        'ggml_metal_init: error: Error Domain=MTLLibraryErrorDomain Code=3 "program_source:1530:18: error: unknown '
+        "type name 'bfloat'; did you mean 'float'?",
+        'ggml_metal_init: error: Error Domain=MTLLibraryErrorDomain Code=3 "program_source:41:9: error: invalid type '
+        "'const constant int64_t &' for buffer declaration",
+        # macOS 26 and the Metal 4 tensor API: the error quotes a system header, with or without the domain line
+        "/System/Library/Frameworks/MetalPerformancePrimitives.framework/Headers/__impl/MPPTensorOpsMatMul2dImpl.h"
+        ":3266:5: error: static_assert failed due to requirement '__tensor_ops_detail::__is_same_v<bfloat, half>'"
+        "\nggml_metal_init: error: failed to initialize the Metal library",
+        "error: static_assert failed due to requirement '__tensor_ops_detail::__is_same_v<half, bfloat>' \"Input types "
+        'must match cooperative tensor types"\nggml_metal_init: error: failed to initialize the Metal library\n'
+        "llama_init_from_model: failed to initialize the context: failed to initialize Metal backend\n"
+        "panic: unable to create llama context",
+        "In file included from program_source:2837:\nggml_metal_init: error: failed to initialize the Metal library",
+        # a kernel's pipeline, not the library, fails to build; an assert or abort follows it
+        'ggml_metal_init: load pipeline error: Error Domain=CompilerError Code=2 "SC compilation failure\n'
+        'There is a call to an undefined label"\nllama_new_context_with_model: ggml_metal_init() failed',
+        "ggml_metal_init: error: load pipeline error(2, CompilerError): SC compilation failure",
+        'ggml_metal_init: load pipeline error: Error Domain=AGXMetalA12 Code=3 "Encountered unlowered function call '
+        'to air.simd_sum.f32"\nGGML_ASSERT: ggml-metal.m:1009: false',
+        "ggml_metal_init: error: newComputePipelineStateWithFunction failed for kernel_mul_mm_f16_f32\n"
+        "GGML_ASSERT(ctx->pipelines[i]) failed\nAbort trap: 6",
+        "-[MTLComputePipelineDescriptorInternal setComputeFunction:withType:]:722: failed assertion "
+        "`computeFunction must not be nil.'\nzsh: abort      ./main -m model.gguf",
+        "ggml-metal.metal:120:5: error: use of undeclared identifier 'simd_sum'",
+    ],
+)
+def test_metal_shader_compile_failures_in_every_wording_are_shader_compile_failed(log: str) -> None:
+    assert classify(log, expect_gpu=True).status == "shader_compile_failed"
+
+
+def test_a_c_compiler_error_quoting_a_header_is_still_a_build_failure() -> None:
+    log = "ggml/src/ggml.h:1234:5: error: static assertion failed due to requirement 'sizeof(x) == 4'\n"
+    log += "make: *** [Makefile:10: ggml.o] Error 1\n"
+    assert classify(log, expect_gpu=True).status == "build_failed"
+
+
+METAL_CONTEXT = (
+    "load_tensors: offloaded 33/33 layers to GPU\nload_tensors:   MTL0_Mapped model buffer size =  3772.58 MiB\n"
+    "llama_context: constructing llama_context\n"
+)
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        # the first compute after the context runs out of the GPU working set
+        "ggml_metal_graph_compute: command buffer 0 failed with status 5\n"
+        "error: Insufficient Memory (00000008:kIOGPUCommandBufferCallbackErrorOutOfMemory)",
+        "ggml_metal_graph_compute: command buffer 0 failed with status 5",  # before the error line was logged
+        "ggml_metal_synchronize: error: command buffer 0 failed with status 5\n"
+        "/src/ggml/src/ggml-metal/ggml-metal-context.m:235: fatal error\nggml_abort",
+        # compute and KV buffers that cannot be allocated, however the context then fails
+        "ggml_gallocr_reserve_n: failed to allocate Metal buffer of size 8891928576\n"
+        "llama_init_from_gpt_params: error: failed to create context with model 'm.gguf'",
+        "ggml_backend_metal_buffer_type_alloc_buffer: error: failed to allocate buffer, size =  4096.00 MiB\n"
+        "llama_init_from_model: failed to initialize the context: failed to allocate compute pp buffers",
+        "Failed to initialize the context: failed to allocate buffer for kv cache",
+        # a buffer over the device's maximum, and a nil buffer left by a failed allocation
+        "ggml_metal_add_buffer: buffer 'data' size 18300780544 is larger than buffer maximum of 17179869184",
+        "-[MTLDebugDevice newBufferWithBytesNoCopy:length:options:deallocator:]:700: failed assertion `Buffer "
+        "Validation\nnewBufferWith*:length 0x6692c000 must not exceed 1024 MB.",
+        "ggml_metal_get_buffer: error: buffer is nil",
+    ],
+)
+def test_metal_buffer_allocation_failures_are_out_of_memory_not_context_failed(failure: str) -> None:
+    diag = classify(METAL_CONTEXT + failure, expect_gpu=True)
+    assert diag.status == "out_of_memory", diag.reason
+    assert classify(failure, expect_gpu=True).status == "out_of_memory"
+
+
+@pytest.mark.parametrize(
+    "warning",
+    [
+        "warning: not compiled with GPU offload support, --n-gpu-layers option will be ignored",
+        "warning: not compiled with GPU offload support, --gpu-layers option will be ignored",
+        "warning: no usable GPU found, --gpu-layers option will be ignored\n"
+        "warning: one possible reason is that llama.cpp was compiled without GPU support",
+    ],
+)
+def test_a_cpu_only_build_asked_for_gpu_layers_is_cpu_fallback(warning: str) -> None:
+    # the warning comes first; the log may stop anywhere after it, or finish on the CPU
+    loading = warning + "\nllama_model_loader: loaded meta data with 36 key-value pairs and 197 tensors\n"
+    diag = classify(loading, expect_gpu=True)
+    assert diag.status == "cpu_fallback" and diag.line_no == 1
+    finished = loading + "llama_context:        CPU compute buffer size =   403.02 MiB\n"
+    finished += "llama_context: graph splits = 1\n"
+    assert classify(finished, expect_gpu=True).status == "cpu_fallback"
+    # on a CPU machine nothing was lost
+    assert classify(finished, expect_gpu=False).status == "ok"
+
+
+def test_ollamas_offload_plan_counts_when_llama_cpp_does_not_say() -> None:
+    plan = (
+        'msg="offload to cuda" layers.requested=31 layers.model=62 layers.offload=0 layers.split=""\n'
+        'msg="starting llama server" cmd="runners/cpu_avx2/ollama_llama_server runner --n-gpu-layers 31"\n'
+    )
+    diag = classify(plan, expect_gpu=True)
+    assert (diag.status, diag.offloaded) == ("cpu_fallback", (0, 62))
+    # what llama.cpp then says it offloaded decides over the plan
+    ran = plan.replace("offload=0", "offload=62") + "load_tensors: offloaded 60/62 layers to GPU\n"
+    ran += "load_tensors:        CUDA0 model buffer size =  1000.00 MiB\nllama_context: graph splits = 3\n"
+    assert classify(ran, expect_gpu=True).offloaded == (60, 62)
+
+
+LOADING = "llama_model_loader: loaded meta data with 19 key-value pairs and 291 tensors\n"
+
+
+@pytest.mark.parametrize(
+    "ending",
+    [
+        "Illegal instruction",
+        "Illegal instruction (core dumped)",
+        "zsh: illegal hardware instruction (core dumped)  ./koboldcpp --model m.gguf",
+        "fish: Job 1, './koboldcpp-linux-x64' terminated by signal SIGILL (Illegal instruction)",
+        "traps: python3[213941] trap invalid opcode ip:7f4aa44a4e94 sp:7ffceec92e60 error:0 in libllama.so",
+        'level=ERROR msg="llama runner terminated" error="signal: illegal instruction (core dumped)"',
+        "llama.go:323: llama runner exited with error: signal: illegal ins>",  # cut at the terminal width
+        "OSError: [WinError -1073741795] Windows Error 0xc000001d",
+        'msg="llama runner terminated" error="exit status 0xc000001d"',
+        "(Exit code: 132). Please check settings and try loading the model again.",
+        "The model has crashed without additional information. (Exit code: 18446744072635812000)",
+    ],
+)
+def test_an_illegal_instruction_in_every_wording_is_crashed(ending: str) -> None:
+    assert classify(LOADING + ending, expect_gpu=False).status == "crashed"
+
+
+@pytest.mark.parametrize(("returncode", "signal_name"), [(-4, "SIGILL"), (132, "SIGILL"), (-11, "SIGSEGV")])
+def test_an_illegal_instruction_seen_only_in_the_exit_status_is_crashed(returncode: int, signal_name: str) -> None:
+    diag = classify(LOADING, expect_gpu=False, exit_info=ExitInfo(returncode))
+    assert diag.status == "crashed" and diag.reason.startswith(signal_name)
+
+
+def test_a_fault_inside_libllama_outranks_a_build_message_in_the_same_log() -> None:
+    log = "traps: python3[91882] trap invalid opcode ip:7ff310d6d72d error:0 in libllama.so[7ff310d50000+76000]\n"
+    log += "make: *** No rule to make target 'build'.  Stop.\n"
+    assert classify(log, expect_gpu=True).status == "crashed"
+    # without proof the library ran, the build message decides
+    assert classify(log.replace("in libllama.so", "in python3"), expect_gpu=True).status == "build_failed"
+
+
+def test_old_llama_bench_tables_count_as_results_and_their_layers_as_asked() -> None:
+    # January 2024 llama-bench wrote "pp 512", not "pp512"
+    table = (
+        "| model                          |       size |     params | backend    | ngl | test       |   t/s |\n"
+        "| ------------------------------ | ---------: | ---------: | ---------- | --: | ---------- | ----: |\n"
+        "| llama 70B Q4_K - Medium        |  38.58 GiB |    68.98 B | SYCL       |  20 | pp 512     |  2.14 ± 0.28 |\n"
+    )
+    diag = classify(table, expect_gpu=True)
+    assert (diag.status, diag.backend) == ("ok", "SYCL")
+    # with the model's layer count, which perfgate reads from the GGUF, fewer layers asked is partial
+    assert classify(table, expect_gpu=True, layers_requested=20, layers_total=81).status == "partial_offload"
+    # pasted as GitHub markdown: no outer pipes
+    markdown = "\n".join(line.strip().strip("|") for line in table.splitlines())
+    assert (classify(markdown, expect_gpu=True).status, classify(markdown, expect_gpu=True).backend) == ("ok", "SYCL")
+
+
 def test_a_log_with_no_proof_of_success_is_not_ok() -> None:
     half = "llama_model_loader: loaded meta data\nload_tensors: offloaded 33/33 layers to GPU\n"
     half += "load_tensors:        CUDA0 model buffer size =  3545.34 MiB\n"
     diag = classify(half, expect_gpu=True)
-    assert diag.status == "load_failed" and diag.phase == "tensors/offload" and diag.offloaded == (33, 33)
+    assert diag.status == "log_incomplete" and diag.phase == "tensors/offload" and diag.offloaded == (33, 33)
     done = classify(half + "perfgate-worker: phase=done\n", expect_gpu=True)
     assert done.status == "ok" and done.phase == "done" and done.line_no == 4
     assert classify("", expect_gpu=False).status == "load_failed"
 
 
+def test_a_log_that_stops_mid_load_says_its_end_is_missing_and_what_it_shows() -> None:
+    excerpt = (
+        "ggml_cuda_init: found 1 CUDA devices:\n"
+        "load_tensors: offloaded 41/41 layers to GPU\n"
+        "load_tensors:        CUDA0 model buffer size =  8694.21 MiB\n"
+        "llama_context: constructing llama_context\n"
+        "llama_kv_cache:      CUDA0 KV buffer size =  1024.00 MiB\n"
+    )
+    diag = classify(excerpt, expect_gpu=True)
+    assert (diag.status, diag.phase, diag.offloaded, diag.line_no) == ("log_incomplete", "context", (41, 41), 5)
+    assert "end of the log is missing" in diag.reason and "no known cause" not in diag.reason
+    assert diag.memory["model"] == {"CUDA0": int(8694.21 * 2**20)} and diag.backend == "CUDA"
+    assert classify(excerpt.replace("CUDA0", "CPU"), expect_gpu=False).status == "log_incomplete"
+    # perfgate saw the process end: the log is whole, and no proof of a load is a failure, not a gap
+    assert classify(excerpt, expect_gpu=True, exit_info=ExitInfo(0)).status == "load_failed"
+    # text that shows no load at all is not an excerpt of one
+    assert classify("cmake -B build\nconfigure: no compiler found\n", expect_gpu=False).status == "load_failed"
+
+
 def test_proof_from_outside_the_log_counts_but_never_hides_a_failure() -> None:
     # llama-bench writes its results to a file of their own; its log may end at the model buffers
     log = "load_tensors: offloaded 33/33 layers to GPU\nload_tensors:        CUDA0 model buffer size =  3545.34 MiB\n"
-    assert classify(log, expect_gpu=True).status == "load_failed"
+    assert classify(log, expect_gpu=True).status == "log_incomplete"
     diag = classify(log, expect_gpu=True, proof="bench.json: 2 results")
     assert (diag.status, diag.phase) == ("ok", "done") and "bench.json" in diag.reason
     crashed = log + "CUDA error: no kernel image is available for execution on the device\n"
@@ -175,6 +371,22 @@ def test_earlier_phase_wins_over_a_later_failure_and_over_line_order() -> None:
     assert classify(oom, expect_gpu=True).status == "out_of_memory"
 
 
+def test_in_a_fragment_a_failure_is_placed_no_later_than_the_phased_failure_after_it() -> None:
+    # no phase marker before either line: the allocation was logged first, so it happened first
+    fragment = (
+        "ggml_gallocr_reserve_n: failed to allocate Metal buffer of size 8891928576\n"
+        "llama_init_from_gpt_params: error: failed to create context with model 'm.gguf'\n"
+    )
+    diag = classify(fragment, expect_gpu=True)
+    assert (diag.status, diag.phase, diag.line_no) == ("out_of_memory", "context", 1)
+    # one line that says both: the more specific kind in that phase wins
+    one_line = "Failed to initialize the context: failed to allocate buffer for kv cache"
+    assert classify(one_line, expect_gpu=True).status == "out_of_memory"
+    # a failure with nothing phased after it still loses to one that knows its phase
+    tail = "llama_model_load: error loading model: unknown model architecture: 'x'\nSegmentation fault\n"
+    assert classify(tail, expect_gpu=False).status == "unsupported_architecture"
+
+
 def test_exit_information_decides_crash_timeout_and_oom_kill_at_the_last_phase() -> None:
     log = "perfgate-worker: phase=load\nllama_context: constructing\nperfgate-worker: phase=decode_pp\n"
     abrt = classify(log, expect_gpu=False, exit_info=ExitInfo(returncode=-6))
@@ -187,6 +399,27 @@ def test_exit_information_decides_crash_timeout_and_oom_kill_at_the_last_phase()
     # a known cause in an earlier phase explains the signal that followed it
     arch = "llama_model_load: error loading model: unknown model architecture: 'llama4'\n"
     assert classify(arch, expect_gpu=False, exit_info=ExitInfo(139)).status == "unsupported_architecture"
+
+
+def test_a_kv_cache_split_between_a_gpu_and_the_cpu_is_partial_offload() -> None:
+    log = (
+        "llama_kv_cache_init:        CPU KV buffer size =   384.00 MiB\n"
+        "llama_kv_cache_init:      Metal KV buffer size =   640.00 MiB\n"
+        "llama_new_context_with_model:      Metal compute buffer size =   258.50 MiB\n"
+    )
+    diag = classify(log, expect_gpu=True)
+    assert (diag.status, diag.line_no) == ("partial_offload", 1) and "split between Metal and the CPU" in diag.reason
+    # KV kept off the GPU on purpose sits in pinned host memory: that is not a layer left on the CPU
+    lowvram = log.replace("        CPU KV", "  CUDA_Host KV").replace("Metal", "CUDA0")
+    assert classify(lowvram.replace("CUDA0 KV", "CUDA_Host KV"), expect_gpu=True).status == "ok"
+    # ollama's own engine says the same in its words
+    engine = (
+        'msg="model weights" device=Vulkan0 size="4.4 GiB"\nmsg="model weights" device=CPU size="8.4 GiB"\n'
+        'msg="kv cache" device=Vulkan0 size="1.3 GiB"\nmsg="kv cache" device=CPU size="1.8 GiB"\n'
+    )
+    diag = classify(engine, expect_gpu=True)
+    assert diag.status == "partial_offload"
+    assert diag.memory["kv"] == {"Vulkan0": int(1.3 * 2**30), "CPU": int(1.8 * 2**30)}
 
 
 def test_fewer_layers_asked_than_the_model_has_is_partial() -> None:
@@ -323,6 +556,15 @@ def test_cli_text_format_explains_each_file_in_one_paragraph() -> None:
     assert len(paragraphs) == 2
     assert "ok" in paragraphs[0] and "33/33" in paragraphs[0] and "line 207" in paragraphs[0]
     assert "cpu_fallback" in paragraphs[1] and "no CUDA-capable device" in paragraphs[1]
+
+
+def test_cli_text_says_the_end_of_an_incomplete_log_is_missing() -> None:
+    log = LOGS / "log_incomplete/koboldcpp-41-of-41-kv-on-cuda-host.log"
+    proc = bench_cli("classify-log", str(log), "--expect-gpu", "--format", "text")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"{log}: log_incomplete. The load reached context; where it stops (line 20)")
+    assert "the end of the log is missing" in proc.stdout
+    assert "41/41 layers were offloaded" in proc.stdout and "model CUDA0 8.49 GiB" in proc.stdout
 
 
 def test_cli_bad_input_is_one_error_line() -> None:

@@ -11,6 +11,7 @@ import typer
 from bench.cli.app import DbOption, app, check_format, console
 from bench.errors import ConfigError
 from bench.escape import json_text, terminal_text
+from bench.metrics import Status
 
 if TYPE_CHECKING:
     from bench.diagnose import Diagnosis
@@ -25,7 +26,9 @@ def _gib(n_bytes: int) -> str:
 def explain(diag: Diagnosis, file: str) -> str:
     """One paragraph for a person: what happened, how far the load got, which line says so."""
     where = f" (line {diag.line_no})" if diag.line_no else ""
-    parts = [f"{file}: {diag.status}. The load reached {diag.phase}; deciding{where}: {diag.reason}"]
+    # an incomplete log has no deciding line, only a last one
+    what = "where it stops" if diag.status == Status.LOG_INCOMPLETE else "deciding"
+    parts = [f"{file}: {diag.status}. The load reached {diag.phase}; {what}{where}: {diag.reason}"]
     if diag.offloaded:
         parts.append(f"{diag.offloaded[0]}/{diag.offloaded[1]} layers were offloaded to the GPU")
     if diag.backend:

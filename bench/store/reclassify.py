@@ -58,7 +58,7 @@ def _rejudge(result: Result, log: str, settings: dict[str, Any], machine_has_gpu
 def _kept(old_status: str, new: Diagnosis) -> bool:
     # a build that could not be used logged its build error, not a load: the runner calls such a log
     # build_failed whatever else it says, and so does a re-reading
-    return old_status == Status.BUILD_FAILED and new.status in (Status.OK, Status.LOAD_FAILED)
+    return old_status == Status.BUILD_FAILED and new.status in (Status.OK, Status.LOAD_FAILED, Status.LOG_INCOMPLETE)
 
 
 def reclassify(session: Session, run_id: int | None = None) -> list[StatusChange]:
