@@ -511,8 +511,7 @@ def _embedded(tree: Path, facts: RecipeFacts, sources: list[Path], evidence: lis
         evidence.append(first.evidence("kept in the embedded source: compiled at load time with no include path"))
         return done(
             Mode.SOURCE_UNRESOLVED,
-            f'the embedded library still includes "{first.name}" ({first.rel}:{first.line}): '
-            "predicted shader_compile_failed",
+            f'the embedded library still includes "{first.name}" ({first.rel}:{first.line})',
         )
     names = sorted({i.name for i in includes})
     note = f"inlines {', '.join(names)}" if names else "no quoted include to inline"
@@ -528,13 +527,12 @@ def _runtime_source(tree: Path, loader: Loader, sources: list[Path], evidence: l
         if (e := loader.evidence(name, note)) is not None:
             evidence.append(e)
     if not sources:
-        return done(Mode.MISSING, f"no .metal source beside {loader.rel}: predicted metal_init_failed")
+        return done(Mode.MISSING, f"no .metal source beside {loader.rel}")
     if loader.fact("kernels_dir") is not None:
         evidence.append(Evidence("artifact", None, None, _CACHE_LAYOUT, "the loader wants kernels/<name>.metal"))
         return done(
             Mode.MISSING,
-            "the loader looks for kernels/<name>.metal beside the library; the build cache keeps them flat: "
-            "predicted metal_init_failed",
+            "the loader looks for kernels/<name>.metal beside the library; the build cache keeps them flat",
         )
     resolves = loader.fact("resolves_includes") is not None
     kept = {p.name for p in sources}
@@ -558,7 +556,7 @@ def _runtime_source(tree: Path, loader: Loader, sources: list[Path], evidence: l
         return done(
             Mode.SOURCE_UNRESOLVED,
             f'compiled at load time, {first.rel}:{first.line} includes "{first.name}", which the Metal compiler '
-            "will not find: predicted shader_compile_failed",
+            "will not find",
         )
     return done(Mode.SOURCE, f"compiled at load time from {', '.join(p.name for p in sources[:3])}: no quoted include")
 
@@ -643,7 +641,7 @@ def check_artifacts(folder: Path, *, target: str, source: str) -> Prediction | N
             return done(Mode.MISSING, "the loader looks for kernels/<name>.metal beside the library: none here")
         sources = found
     if not sources:
-        return done(Mode.MISSING, "no .metal source beside the library: predicted metal_init_failed")
+        return done(Mode.MISSING, "no .metal source beside the library")
     unresolved = []
     for src in sources:
         for inc in quoted_includes(src, folder, embedded=False):
@@ -659,8 +657,7 @@ def check_artifacts(folder: Path, *, target: str, source: str) -> Prediction | N
         evidence.append(first.evidence(("beside it, but " if beside else "not beside it: ") + "not found at load time"))
         return done(
             Mode.SOURCE_UNRESOLVED,
-            f'{first.rel}:{first.line} includes "{first.name}", which the Metal compiler will not find: '
-            "predicted shader_compile_failed",
+            f'{first.rel}:{first.line} includes "{first.name}", which the Metal compiler will not find',
         )
     return done(Mode.SOURCE, f"compiled at load time from {len(sources)} .metal file(s), every include resolvable")
 
@@ -812,3 +809,98 @@ def check_target(spec: str, config: Any | None, override: RecipeOverride) -> Pre
         return check_folder(path, override)
     known = f" (builds: {', '.join(b.name for b in config.builds)})" if config is not None else ""
     raise ConfigError(f"{spec}: not a build of the config{known}, a cached build key or a folder")
+
+
+# -- text, recording, verifying ---------------------------------------------------------------------------
+
+
+def render_text(p: Prediction) -> str:
+    """A prediction for a person: the verdict line, what was read, then the evidence in order."""
+    verdict = "loads" if p.loads else f"predicted {p.predicted_status}"
+    name = p.build or p.target
+    lines = [f"{name}: {p.mode.value} — {verdict}: {p.summary}"]
+    read = f"  read: {p.read} of {p.source}"
+    if p.recipe is not None:
+        read += f"; recipe {p.recipe.shown()}"
+    if p.key:
+        read += f"; cache key {p.key}"
+    lines.append(read)
+    lines += [f"  - {e}" for e in p.evidence]
+    return "\n".join(lines)
+
+
+def record(store: Any, config: Any, predictions: list[Prediction]) -> int:
+    """Store the predictions of builds of the config, each model of the config getting its build's predicted
+    status (bench.store.predictions: a run of the prediction machine). Returns the run id."""
+    from bench.builds.identity import BuildIdentity
+    from bench.store.predictions import PredictedBuild, record_predictions
+
+    unnamed = [p.target for p in predictions if p.build is None or not any(b.name == p.build for b in config.builds)]
+    if unnamed:
+        raise ConfigError(f"--record: {unnamed[0]} is not a build of {config.source}: a result belongs to a build")
+    engines = {b.name: b.engine for b in config.builds}
+    builds = []
+    for p in predictions:
+        assert p.build is not None
+        details = {"engine": engines[p.build], "metal_check": p.as_dict(), "build": {"key": p.key}, "predicted": True}
+        recipe = json_key(p)
+        ident = BuildIdentity(p.build, p.loads, details=details, recorded_sha=f"metal-check-{recipe}")
+        status = str(p.predicted_status) if p.predicted_status is not None else str(Status.OK)
+        builds.append(PredictedBuild(ident, status, p.reason(), render_text(p)))
+    models = [(m.name, str(config.model_path(m))) for m in config.models]
+    settings = {
+        "suite": config.suite.model_dump(mode="json"),
+        "config": str(config.source),
+        "builds": [p.build for p in predictions],
+        "models": [m.name for m in config.models],
+        "engines": {p.build: engines[p.build] for p in predictions if p.build},
+        "by": "bench metal-check",
+    }
+    with store.session() as session:
+        return record_predictions(
+            session, builds, models, settings, n_prompt=config.suite.n_prompt, n_gen=config.suite.n_gen
+        )
+
+
+def json_key(p: Prediction) -> str:
+    """Who the predicted build is: its cache key, else a digest of its source and recipe."""
+    import hashlib
+    import json
+
+    if p.key:
+        return p.key
+    text = json.dumps({"source": p.source, "recipe": asdict(p.recipe) if p.recipe else None}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Verification:
+    build: str
+    model: str
+    predicted: str  # "loads" or the predicted status
+    measured: str
+    run_id: int
+    agreement: str  # agree | disagree | unjudged
+
+
+def verify(
+    store: Any, predictions: list[Prediction], machine_fingerprint: str, *, on_metal: bool
+) -> list[Verification]:
+    """Each prediction against the measured results standing for its build on this machine; a machine
+    without Metal judges none (its loads never asked for the Metal library)."""
+    from bench.errors import StoreError
+    from bench.store.predictions import measured_statuses
+
+    out = []
+    with store.session() as session:
+        for p in predictions:
+            if p.build is None:
+                raise ConfigError(f"--verify: {p.target} is not a build of the config: nothing measured it")
+            measured = measured_statuses(session, p.build, machine_fingerprint)
+            if not measured:
+                raise StoreError(f"--verify: no measured results of {p.build} on this machine ({machine_fingerprint})")
+            shown = "loads" if p.loads else str(p.predicted_status)
+            for model, found in sorted(measured.items()):
+                judged = agreement(p, found.status) if on_metal else "unjudged"
+                out.append(Verification(p.build, model, shown, found.status, found.run_id, judged))
+    return out
