@@ -329,3 +329,26 @@ def test_recorded_prediction_is_stored_gated_and_shown_as_predicted(
     predicted_run = next(r["run_id"] for r in rows)
     page = (site / "run" / f"{predicted_run}.html").read_text()
     assert "Predicted by" in page and '<span class="offload">predicted</span>' in page
+
+
+def test_job_script_predicts_before_the_run_and_verify_without_a_measurement_is_an_error(
+    tmp_path: Path, build_cache: Path, models_dir: Path
+) -> None:
+    cfg = _seed_config(tmp_path, build_cache, models_dir)
+    env = {
+        **os.environ,
+        "BENCH": str(Path(PYTHON).with_name("bench")),
+        "PERFGATE_CONFIG": str(cfg),
+        "PERFGATE_LOCAL_DB": str(tmp_path / "runner.sqlite"),
+        "PERFGATE_OUT": str(tmp_path / "out"),
+    }
+    job = str(Path(__file__).resolve().parents[1] / "ci" / "perf-job.sh")
+    check = subprocess.run(["bash", job, "metal-check"], env=env, capture_output=True, text=True, timeout=600)
+    # a predicted failure is what the seed job expects of one build: the stage passes and keeps the prediction
+    assert check.returncode == 0, check.stderr
+    kept = (tmp_path / "out" / "metal-check.txt").read_text()
+    assert "runtime-source: source_unresolved — predicted shader_compile_failed" in kept
+    assert "embedded: embedded — loads" in kept
+    verify = subprocess.run(["bash", job, "metal-verify"], env=env, capture_output=True, text=True, timeout=600)
+    assert verify.returncode == 2
+    assert verify.stderr.startswith("error: ") and "no database there yet" in verify.stderr  # nothing measured yet
