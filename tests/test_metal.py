@@ -352,3 +352,16 @@ def test_job_script_predicts_before_the_run_and_verify_without_a_measurement_is_
     verify = subprocess.run(["bash", job, "metal-verify"], env=env, capture_output=True, text=True, timeout=600)
     assert verify.returncode == 2
     assert verify.stderr.startswith("error: ") and "no database there yet" in verify.stderr  # nothing measured yet
+
+
+def test_a_source_folder_is_read_with_the_recipe_given_on_the_command_line(vendored: Callable[[str], Path]) -> None:
+    tree = str(vendored("0.2.57"))
+    # the tree's own ggml-metal.metal is no build: the recipe decides
+    embed = bench_cli("metal-check", tree, "--system", "make", "--make-var", "LLAMA_METAL=1",
+                      "--make-var", "LLAMA_METAL_EMBED_LIBRARY=1")  # fmt: skip
+    assert embed.returncode == 0 and ": embedded — loads" in embed.stdout, embed.stdout + embed.stderr
+    plain = bench_cli("metal-check", tree, "--system", "make", "--make-var", "LLAMA_METAL=1", "--format", "json")
+    assert plain.returncode == 1
+    assert json.loads(plain.stdout)["predictions"][0]["mode"] == "source_unresolved"
+    cmake = bench_cli("metal-check", tree, "--cmake-arg=-DLLAMA_METAL_EMBED_LIBRARY=ON")
+    assert cmake.returncode == 0 and ": embedded — loads" in cmake.stdout

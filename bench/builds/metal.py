@@ -604,15 +604,16 @@ def _is_binary(path: Path) -> bool:
     return magic in (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xca\xfe\xba\xbe", b"\xce\xfa\xed\xfe")
 
 
-def check_artifacts(folder: Path, *, target: str, source: str) -> Prediction | None:
-    """Predict from built files (a BuildRecord's bin folder, a release folder); None when they hold no Metal."""
+def check_artifacts(folder: Path, *, target: str, source: str, built_only: bool = False) -> Prediction | None:
+    """Predict from built files (a BuildRecord's bin folder, a release folder); None when they hold no Metal
+    (with `built_only`: no library or program that uses Metal — a source tree's own .metal files are no build)."""
     files = [p for p in _walk(folder, 3) if p.is_file() and not p.is_symlink()]
     rel = {p: str(p.relative_to(folder)) for p in files}
     binaries = {p: _scan(p) for p in files if _is_binary(p)}
     metal_bins = [p for p, s in binaries.items() if s["metal"] or s["embed"]]
     metallibs = [p for p in files if p.suffix == ".metallib"]
     sources = [p for p in files if p.suffix == ".metal" and "-embed" not in p.name]
-    if not (metal_bins or metallibs or sources):
+    if not (metal_bins or metallibs or sources) or (built_only and not metal_bins):
         return None
     evidence: list[Evidence] = []
 
@@ -718,7 +719,7 @@ def check_folder(path: Path, override: RecipeOverride, *, target: str | None = N
         raise ConfigError(f"{path}: not a folder")
     label = target or str(path)
     has_tree = read_loader(path) is not None and ((path / "Makefile").is_file() or (path / "CMakeLists.txt").is_file())
-    artifacts = check_artifacts(path, target=label, source=str(path))
+    artifacts = check_artifacts(path, target=label, source=str(path), built_only=has_tree)
     tree = check_tree(path, override.apply(None, path), target=label, source=str(path)) if has_tree else None
     if tree is None and artifacts is None:
         raise ConfigError(f"{path}: no ggml Metal loader with a Makefile/CMakeLists.txt, and no Metal artifacts")
