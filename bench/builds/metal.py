@@ -564,7 +564,9 @@ def _runtime_source(tree: Path, loader: Loader, sources: list[Path], evidence: l
 # -- artifacts ------------------------------------------------------------------------------------------
 
 _BINARY_NAME = re.compile(r"\.(so(\.\d+)*|dylib|dll)$")
-_EMBED_SYMBOL = re.compile(rb"_?ggml_metallib_(?:[a-z0-9_]+_)?start\b")
+# the start symbol of the embedded source, or the Mach-O section it is in (load commands keep section names
+# where a stripped library has lost its symbol table)
+_EMBED_SYMBOL = re.compile(rb"_?ggml_metallib_(?:[a-z0-9_]+_)?start\b|__ggml_metallib\b")
 _METAL_USE = re.compile(rb"ggml_metal_init|ggml_backend_metal|MTLCreateSystemDefaultDevice")
 _RESOLVES = re.compile(rb"could not resolve include")
 _KERNELS = re.compile(rb"kernels/%s")
