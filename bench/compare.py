@@ -80,6 +80,10 @@ class Comparison:
     # the engine(s) behind each side: one GGUF through llama-bench, llama-cpp-python and KoboldCPP shows
     # each wrapper's overhead, and such a comparison is labelled as one
     engines: tuple[str, str] = ("", "")
+    # `bench metal-check --record`'s standing prediction per model of each side's build (bench.store.predictions),
+    # read when the sides are measured results; and whether the candidate was measured on a Mac
+    predicted: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
+    measured_on_metal: bool = False
 
     @property
     def cross_engine(self) -> bool:
@@ -352,6 +356,7 @@ def compare(
             f"baseline {baseline.label} and candidate {candidate.label} were measured with different suite "
             f"settings ({'; '.join(mixed)}): their numbers do not compare; pass --allow-mixed-settings to compare"
         )
+    predicted, on_metal = _predictions(session, baseline, candidate)
     return Comparison(
         baseline,
         candidate,
@@ -360,7 +365,25 @@ def compare(
         tuple(mixed),
         (tuple(sorted({int(r) for r in base["run_id"]})), tuple(sorted({int(r) for r in cand["run_id"]}))),
         (engines_of(session, baseline.result_ids), engines_of(session, candidate.result_ids)),
+        predicted,
+        on_metal,
     )
+
+
+def _predictions(
+    session: Session, baseline: Side, candidate: Side
+) -> tuple[tuple[dict[str, Any], dict[str, Any]], bool]:
+    """Both builds' stored predictions, unless the sides are those predictions themselves."""
+    from sqlalchemy import select
+
+    from bench.store.models import Machine
+    from bench.store.predictions import PREDICTION_FINGERPRINT, predicted_statuses
+
+    if candidate.machine_fingerprint == PREDICTION_FINGERPRINT:
+        return ({}, {}), False
+    details = session.scalar(select(Machine.details).where(Machine.fingerprint == candidate.machine_fingerprint))
+    on_metal = (details or {}).get("gpu_kind") == "metal"
+    return (predicted_statuses(session, baseline.build), predicted_statuses(session, candidate.build)), on_metal
 
 
 def _with_rounds(frame: pd.DataFrame, settings_of: dict[int, dict[str, Any]]) -> pd.DataFrame:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -84,6 +83,18 @@ def check_cuda() -> Check | None:
     return Check("gpu", True, f"CUDA: {text}")
 
 
+def check_working_set(info: machine_mod.MachineInfo) -> Check:
+    """What the fit check holds a model to on a Mac: the GPU's working-set limit, not unified memory."""
+    limit = info.gpu_working_set_bytes
+    if limit is None:
+        return Check("gpu_working_set", None, "unknown: no unified-memory size to estimate it from")
+    if info.gpu_working_set_source == "iogpu.wired_limit_mb":
+        how = f"sysctl iogpu.wired_limit_mb={limit // 2**20} overrides the default recommendedMaxWorkingSetSize"
+    else:
+        how = "recommendedMaxWorkingSetSize estimated from unified memory (the gpu_probe load states it)"
+    return Check("gpu_working_set", True, f"{limit / 2**30:.1f} GiB: {how}; models larger are skipped")
+
+
 def probe_offload(python: str, expect_gpu: bool, workdir: Path) -> Check:
     """Load a tiny model with every layer offloaded, in a child of the build's interpreter, and classify the
     log as a run would (Metal: the device and its recommendedMaxWorkingSetSize come from this log)."""
@@ -150,13 +161,21 @@ def check_disk(config: Config | None) -> Check:
 def check_power() -> list[Check]:
     if sys.platform == "darwin":
         batt = _out(["pmset", "-g", "batt"]) or ""
-        therm = _out(["pmset", "-g", "therm"]) or ""
+        thermal = machine_mod.parse_thermal(_out(["pmset", "-g", "therm"]) or "")
+        low_power = machine_mod.parse_low_power_mode(_out(["pmset", "-g"]) or "")
         on_ac = "AC Power" in batt
-        limits = [int(v) for v in re.findall(r"Speed_Limit\s*=\s*(\d+)", therm)]
-        throttled = any(v < 100 for v in limits) or ("thermal warning level" in therm and "No thermal" not in therm)
+        if low_power is None:
+            low = Check("low_power_mode", None, "pmset -g lists no lowpowermode/powermode")
+        else:
+            low = Check(
+                "low_power_mode",
+                not low_power,
+                "on: macOS holds the CPU and GPU back (`sudo pmset -a lowpowermode 0`)" if low_power else "off",
+            )
         return [
             Check("power", on_ac, batt.splitlines()[0] if batt else "pmset gave no answer"),
-            Check("thermal", not throttled, therm.replace("\n", " ")[:200] or "no thermal pressure recorded"),
+            low,
+            Check("thermal", not thermal.throttled, thermal.summary),
         ]
     battery = psutil.sensors_battery() if hasattr(psutil, "sensors_battery") else None
     if battery is None:
@@ -256,6 +275,7 @@ def diagnose_machine(
         checks.append(cuda)
     elif info.gpu_kind == "metal":
         checks.append(Check("gpu", True, f"{info.gpu}, {info.host_mem_bytes or 0:_} bytes unified memory"))
+        checks.append(check_working_set(info))
     else:
         checks.append(Check("gpu", None, f"no GPU found: a CPU runner ({platform.processor() or info.cpu})"))
     if probe:

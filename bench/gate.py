@@ -139,7 +139,30 @@ def evaluate(comparison: Comparison, gate: GateConfig | None = None, *, pairs_pe
                     "no throughput was measured on either side: no data is not a pass",
                 )
             )
+    checks += _predicted_checks(comparison)
     return Verdict(comparison, checks)
+
+
+def _predicted_checks(comparison: Comparison) -> list[Check]:
+    """A load `bench metal-check` predicts to fail for the candidate and not for the baseline fails the gate,
+    until a Mac measures it: a real load on a Mac then speaks instead."""
+    base_pred, cand_pred = comparison.predicted
+    measured = {str(r.model): r.candidate_status for r in comparison.table.itertuples()}
+    checks = []
+    for model, cand in cand_pred.items():
+        if cand.status == Status.OK:
+            continue
+        base = base_pred.get(model)
+        predicted = f"predicted {cand.status} by bench metal-check (run {cand.run_id}): {cand.reason}"
+        if comparison.measured_on_metal and measured.get(model) not in (None, "missing"):
+            message = f"{predicted}; measured {measured[model]} on this Mac: the measurement speaks"
+            checks.append(Check(model, "predicted", Outcome.REPORTED, message))
+        elif base is not None and base.status == cand.status:
+            checks.append(Check(model, "predicted", Outcome.REPORTED, f"{predicted}; the baseline is predicted so too"))
+        else:
+            was = f"predicted {base.status}" if base is not None else "not predicted"
+            checks.append(Check(model, "predicted", Outcome.FAIL, f"{predicted}; the baseline is {was}"))
+    return checks
 
 
 def _judge(model: str, metric: str, row: Any, threshold: float, alpha: float, per_round: int | None) -> Check:

@@ -96,6 +96,17 @@ def default_timeout_s(facts: ModelFacts) -> float:
     return 60.0 + 20.0 * (facts.file_bytes or 0) / 1e9
 
 
+def device_budget(config: Config, info: machine_mod.MachineInfo) -> tuple[int | None, str]:
+    """What a full offload must fit in, and what that figure is: the suite's own, else a Mac's GPU
+    working-set limit (iogpu.wired_limit_mb or recommendedMaxWorkingSetSize, never unified memory), else the
+    GPU's memory (the host's for a CPU run)."""
+    if config.suite.device_budget_bytes is not None:
+        return config.suite.device_budget_bytes, "suite.device_budget_bytes"
+    if info.gpu_kind == "metal":
+        return info.device_budget_bytes, f"the GPU working-set limit ({info.gpu_working_set_source or 'estimate'})"
+    return info.device_budget_bytes, "the device budget"
+
+
 def expect_gpu(config: Config, info: machine_mod.MachineInfo) -> bool:
     return info.has_gpu if config.suite.expect_gpu == "auto" else bool(config.suite.expect_gpu)
 
@@ -228,7 +239,7 @@ def run_matrix(
             _check_resume(resumed, config, allow_mixed_settings)
     facts = prepare_models(config)
     gpu_expected = expect_gpu(config, info)
-    budget = config.suite.device_budget_bytes or info.device_budget_bytes
+    budget, budget_label = device_budget(config, info)
     console_progress = Progress(
         TextColumn("{task.description}", markup=False),  # names are text, not markup
         BarColumn(),
@@ -261,6 +272,13 @@ def run_matrix(
                     "models": [m.name for m in config.models],
                     "engines": {b.name: b.engine for b in config.builds},
                     "expect_gpu": gpu_expected,
+                    # the machine row keeps its first sight of these; a run keeps its own (power and heat change)
+                    "machine_state": {
+                        "low_power_mode": info.low_power_mode,
+                        "thermal": info.thermal,
+                        "gpu_working_set_bytes": info.gpu_working_set_bytes,
+                        "gpu_working_set_source": info.gpu_working_set_source,
+                    },
                 }
                 run = start_run(session, machine, settings)
             run_id = run.id
@@ -290,8 +308,14 @@ def run_matrix(
                     prepared[item.build.name],
                     gpu_expected=gpu_expected,
                     budget=budget,
+                    budget_label=budget_label,
                     force=force,
                 )
+                logged = m.memory.get("device_budget_bytes")
+                if info.gpu_kind == "metal" and config.suite.device_budget_bytes is None and logged:
+                    # Metal states recommendedMaxWorkingSetSize (iogpu.wired_limit_mb included) at load:
+                    # the later fit checks hold the rest to it rather than to the estimate
+                    budget, budget_label = int(logged), "the GPU working-set limit (recommendedMaxWorkingSetSize)"
                 if m.engine_info:
                     merge_build_details(session, build_ids[item.build.name], {"engine_reported": m.engine_info})
                 record_result(
@@ -317,6 +341,7 @@ def _measure_item(
     gpu_expected: bool,
     budget: int | None,
     force: bool,
+    budget_label: str = "the device budget",
 ) -> Measurement:
     suite = config.suite
     if prepared.failed is not None:
@@ -326,7 +351,7 @@ def _measure_item(
     if not force and need is not None and budget is not None and need > budget:
         return Measurement(
             Status.SKIPPED_DOES_NOT_FIT,
-            f"needs ~{need / 2**30:.1f} GiB (file + KV + compute) but the device budget is "
+            f"needs ~{need / 2**30:.1f} GiB (file + KV + compute) but {budget_label} is "
             f"{budget / 2**30:.1f} GiB; --force runs it anyway",
             suite.n_prompt,
             suite.n_gen,

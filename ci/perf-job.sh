@@ -3,6 +3,8 @@
 # runs it on Linux CPU): doctor → build → run → push → gate → dashboard. The gate's exit code is the job's.
 #
 #   ci/perf-job.sh [STAGE ...]     stages: doctor build run push gate dashboard (default: all, in that order)
+#                                  and, on request, metal-check (predict each build's Metal load before it runs)
+#                                  and metal-verify (the prediction against this machine's real load status)
 #
 # The workflow calls one stage per step, so each shows on its own in the Actions UI; what one stage leaves
 # for the next lives in the databases and in $PERFGATE_OUT.
@@ -89,6 +91,23 @@ stage_build() {
   fi
 }
 
+stage_metal_check() {
+  # the prediction of a Mac's load, before the Mac loads anything: exit 1 is a predicted failure (a job
+  # that reproduces one expects it), exit 2 a check that could not run
+  local rc=0
+  "$BENCH" metal-check --config "$CONFIG" | tee "$OUT/metal-check.txt" || rc=${PIPESTATUS[0]}
+  if [[ $rc -ge 2 ]]; then
+    printf 'error: bench metal-check could not predict (exit %s)\n' "$rc" >&2
+    return "$rc"
+  fi
+}
+
+stage_metal_verify() {
+  # fails when a real load contradicts its prediction: a wrong prediction is a perfgate bug to fix
+  "$BENCH" metal-check --config "$CONFIG" --verify --db "$LOCAL_DB" | tee "$OUT/metal-verify.txt"
+  return "${PIPESTATUS[0]}"
+}
+
 stage_run() {
   (
     if [[ -n "$WORKDIR" ]]; then cd "$WORKDIR"; fi
@@ -134,9 +153,9 @@ stages=("$@")
 verdict=0
 for stage in "${stages[@]}"; do
   case "$stage" in
-    doctor | build | run | push | dashboard)
+    doctor | build | run | push | dashboard | metal-check | metal-verify)
       log "$stage"
-      "stage_$stage"
+      "stage_${stage//-/_}"
       ;;
     gate)
       # the gate's verdict is the job's, but the dashboard after it is still built
@@ -144,7 +163,7 @@ for stage in "${stages[@]}"; do
       stage_gate || verdict=$?
       ;;
     *)
-      printf 'error: unknown stage %q (doctor build run push gate dashboard)\n' "$stage" >&2
+      printf 'error: unknown stage %q (doctor build run push gate dashboard metal-check metal-verify)\n' "$stage" >&2
       exit 2
       ;;
   esac

@@ -61,6 +61,12 @@ def test_workflow_runs_nightly_on_tags_on_dispatch_and_on_perf_labelled_prs() ->
     }
     assert all(b.source is not None and b.source.sdist == "llama-cpp-python==0.2.57" for b in seed_cfg.builds)
     assert any(s.get("env", {}).get("PERFGATE_EXPECT_GATE") == "fail" for s in seed["steps"])
+    # the prediction before the real load, and the real load held to it
+    seed_runs = [s.get("run", "") for s in seed["steps"]]
+    check_at = next(i for i, r in enumerate(seed_runs) if "perf-job.sh metal-check" in r)
+    run_at = next(i for i, r in enumerate(seed_runs) if "perf-job.sh run" in r)
+    verify_at = next(i for i, r in enumerate(seed_runs) if "perf-job.sh metal-verify" in r)
+    assert check_at < run_at < verify_at
     assert doc["jobs"]["pages"]["permissions"] == {"pages": "write", "id-token": "write"}
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from bench.cli import analysis, bisect, builds, diagnostics, history, measure, site, store  # noqa: F401  (they register their commands)
+from bench.cli import analysis, bisect, builds, diagnostics, history, measure, metal, site, store  # noqa: F401  (they register their commands)
 from bench.cli.app import app
 from bench.errors import PerfgateError
 

@@ -38,6 +38,7 @@ from bench.package_data import data_dir
 from bench.site import data as site_data
 from bench.site.data import Pair, SiteData
 from bench.site.output import SiteOutput, content_key, file_key
+from bench.store.predictions import PREDICTED_SOURCE
 from bench.store.queries import RESULT_COLUMNS, all_logs, attach_logs, results_frame, with_samples
 from bench.store.standing import standing
 
@@ -379,6 +380,7 @@ class Builder:
             builds=self.builds_shown(frozenset(res["build"])),
             machine=machine,
             load_matrix=matrix(res),
+            predicted=run["source"] == PREDICTED_SOURCE,
             links=links,
             title=f"perfgate — run {run_id} ({run['machine']}, {run['started_at']})",
             data=f"data/run-{run_id}.json",
@@ -498,19 +500,23 @@ def matrix(res: pd.DataFrame) -> dict[str, Any]:
     builds = list(dict.fromkeys(res["build"]))
     models = list(dict.fromkeys(res["model"]))
     cells = {}
-    for build, model, status, reason, done, total in zip(
+    sources = res["source"].tolist() if "source" in res else [None] * len(res)
+    for build, model, status, reason, done, total, source in zip(
         res["build"].tolist(),
         res["model"].tolist(),
         res["status"].tolist(),
         res["reason"].tolist(),
         res["layers_offloaded"].tolist(),
         res["layers_total"].tolist(),
+        sources,
         strict=True,
     ):
+        offload = None if render.missing(total) else f"{done}/{total}"
         cells[(build, model)] = {
             "status": status,
             "reason": reason or "",
-            "offload": None if render.missing(total) else f"{done}/{total}",
+            # `bench metal-check --record`: a status predicted from the build's tree and recipe, not loaded
+            "offload": "predicted" if source == PREDICTED_SOURCE else offload,
         }
     return {"builds": builds, "models": models, "grid": [[cells.get((b, m)) for m in models] for b in builds]}
 

@@ -39,7 +39,10 @@ def standing_frame(
     session: Session, build: str, *, machine_fingerprint: str | None = None, run_id: int | None = None
 ) -> pd.DataFrame:
     """The standing results of one build (in one run, when given) on one machine: the given machine when
-    the build ran there, else the machine of its newest result. Columns: RULE_COLUMNS, run_id, machine."""
+    the build ran there, else the machine of its newest measured result (predictions only when nothing was
+    measured). Columns: RULE_COLUMNS, run_id, machine."""
+    from bench.store.predictions import PREDICTION_FINGERPRINT
+
     stmt = (
         select(
             Machine.fingerprint.label("machine_fingerprint"),
@@ -65,7 +68,10 @@ def standing_frame(
         raise StoreError(f"no results for build {build!r}{where}")
     keys = standing(pd.DataFrame([tuple(r) for r in rows], columns=[*RULE_COLUMNS, "run_id", "machine"]))
     if machine_fingerprint not in set(keys["machine_fingerprint"]):
-        newest = keys.assign(_f=pd.to_datetime(keys["finished_at"])).sort_values(
+        # a measured machine before the one of `bench metal-check --record`'s predictions
+        predicted = keys["machine_fingerprint"] == PREDICTION_FINGERPRINT
+        chosen = keys[~predicted] if (~predicted).any() else keys
+        newest = chosen.assign(_f=pd.to_datetime(chosen["finished_at"])).sort_values(
             ["_f", "result_id"], na_position="first"
         )
         machine_fingerprint = str(newest["machine_fingerprint"].iloc[-1])
