@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from bench.cli.app import ConfigOption, DbOption, app, check_format, console
-from bench.config import DEFAULT_CONFIG, load_config
+from bench.defaults import DEFAULT_CONFIG
 from bench.errors import ConfigError
 
 
@@ -48,6 +48,7 @@ def metal_check_cmd(
     from bench.builds.metal import RecipeOverride, check_target, render_text
     from bench.builds.metal import record as record_predictions
     from bench.builds.metal import verify as verify_predictions
+    from bench.config import load_config
 
     check_format(fmt, ("text", "json"))
     if system is not None and system not in ("make", "cmake"):
@@ -87,14 +88,16 @@ def metal_check_cmd(
         }
         sys.stdout.write(json.dumps(payload, indent=1) + "\n")
     else:
-        console.print("\n\n".join(render_text(p) for p in predictions), markup=False, highlight=False)
+        console().print("\n\n".join(render_text(p) for p in predictions), markup=False, highlight=False)
         if recorded is not None:
-            console.print(f"recorded as run {recorded} (machine metal-check, predicted)", markup=False)
+            console().print(f"recorded as run {recorded} (machine metal-check, predicted)", markup=False)
         for v in checked or []:
             line = f"{v.agreement}: {v.build} × {v.model}: predicted {v.predicted}, measured {v.measured}"
-            console.print(f"{line} (run {v.run_id})", markup=False, highlight=False)
+            console().print(f"{line} (run {v.run_id})", markup=False, highlight=False)
         if unjudged_here:
-            console.print("this machine has no Metal: its loads neither confirm nor refute a prediction", markup=False)
+            console().print(
+                "this machine has no Metal: its loads neither confirm nor refute a prediction", markup=False
+            )
     if checked is not None:
         raise typer.Exit(1 if any(v.agreement == "disagree" for v in checked) else 0)
     raise typer.Exit(0 if all(p.loads for p in predictions) else 1)
