@@ -250,3 +250,30 @@ def test_a_killed_build_leaves_only_a_temp_folder_that_the_next_build_removes(
     assert any(tmp.iterdir())
     record = ensure_built(cfg, cfg.builds[0])
     assert record.ok and not any(p.name.startswith(key) for p in tmp.iterdir())
+
+
+def test_the_worker_runs_on_another_builds_libllama_by_name(
+    llama_repo: dict[str, Any], build_cache: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    """`library_of`: the llama-cpp-python worker on the libllama a `source:` build put in the cache, found by the
+    build's name. The cached libllama's RUNPATH names a build tree that is gone: its libggml must still load."""
+    repo = str(llama_repo["repo"])
+    builds = [
+        {"name": "v1", "engine": "llama-bench", "source": {"git": repo, "ref": "v1"}},
+        {"name": "v1-worker", "engine": "llama-cpp-python", "library_of": "v1"},
+    ]
+    cfg = _config(tmp_path, builds, build_cache, models_dir / "tiny-Q4_0.gguf")
+    db = tmp_path / "w.sqlite"
+    env = {"PERFGATE_RUN_LOCK": str(tmp_path / "run.lock")}
+    run = bench_cli("run", "--config", str(cfg), "--db", str(db), "--quiet", env=env, timeout=3600)
+    assert run.returncode == 0, run.stderr
+    with sqlite3.connect(db) as con:
+        rows = dict(
+            con.execute(
+                "select b.name, r.status || '|' || coalesce(r.reason, '') from results r "
+                "join builds b on b.id = r.build_id"
+            ).fetchall()
+        )
+        details = json.loads(con.execute("select details from builds where name = 'v1-worker'").fetchone()[0])
+    assert rows["v1"].startswith("ok|") and rows["v1-worker"].startswith("ok|"), rows
+    assert details["library_of"] == "v1" and details["source"]["ref"] == "v1", details

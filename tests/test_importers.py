@@ -13,7 +13,7 @@ import yaml
 
 from bench.builds.cache import ensure_built
 from bench.config import load_config
-from bench.engines.llama_bench import LIBRARY_PATH
+from bench.engines.paths import LIBRARY_PATH
 from tests.conftest import bench_cli
 from tests.test_builds import CMAKE_ARGS
 

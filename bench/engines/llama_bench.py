@@ -11,7 +11,6 @@ import hashlib
 import json
 import re
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +18,8 @@ from typing import Any
 
 from bench.builds.identity import BuildIdentity, sha256_file
 from bench.engines.base import FileNamer, ItemSpec, Judge, ProcessOutcome, ProcessSpec, measurement_of
+from bench.engines.paths import with_library_dir
 from bench.store.records import Measurement
-
-LIBRARY_PATH = "DYLD_LIBRARY_PATH" if sys.platform == "darwin" else "LD_LIBRARY_PATH"
 
 
 @dataclass(frozen=True)
@@ -58,9 +56,7 @@ class LlamaBench:
     def __init__(self, build_name: str, binary: Path, env: dict[str, str], details: dict[str, Any]) -> None:
         self.build_name = build_name
         self.binary = binary
-        # a cached build keeps its libraries beside the program
-        lib_dirs = [str(binary.parent), *filter(None, [env.get(LIBRARY_PATH)])]
-        self.env = {**env, LIBRARY_PATH: ":".join(lib_dirs)}
+        self.env = with_library_dir(env, binary.parent)
         self.details = details
         self.options = Options.probe(binary, self.env)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from bench.builds.identity import BuildIdentity
 from bench.engines.base import FileNamer, ItemSpec, Judge, ProcessOutcome, ProcessSpec, measurement_of
+from bench.engines.paths import with_library_dir
 from bench.store.records import Measurement
 
 WORKER = Path(__file__).parents[1] / "worker.py"
@@ -30,6 +31,7 @@ class LlamaCppPython:
         self.python = python
         self.env = dict(env)
         if lib is not None:
+            self.env = with_library_dir(self.env, Path(lib) if Path(lib).is_dir() else Path(lib).parent)
             self.env["LLAMA_CPP_LIB_PATH"] = lib
         self.env["PYTHONUNBUFFERED"] = "1"
         self.lib = lib

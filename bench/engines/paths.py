@@ -3,7 +3,17 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+
+LIBRARY_PATH = "DYLD_LIBRARY_PATH" if sys.platform == "darwin" else "LD_LIBRARY_PATH"
+
+
+def with_library_dir(env: dict[str, str], directory: Path) -> dict[str, str]:
+    """`env` with `directory` first on the loader's search path. A cached build keeps its libraries beside its
+    programs, but their RUNPATH names the build tree that is gone: libllama's own libggml is found here."""
+    dirs = [str(directory), *filter(None, [env.get(LIBRARY_PATH)])]
+    return {**env, LIBRARY_PATH: ":".join(dirs)}
 
 
 def _executable(p: Path) -> bool:
