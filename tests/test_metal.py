@@ -18,7 +18,6 @@ from bench.builds.metal import Mode, Prediction, Recipe, agreement, check_artifa
 from bench.builds.source import fetch_sdist
 from tests.conftest import PYTHON, bench_cli
 
-KOBOLD_MIRROR = Path(os.environ.get("PERFGATE_KOBOLDCPP_MIRROR", "/work/.mirror/LostRuins+koboldcpp/repo"))
 MAKE_METAL = Recipe("make", {"LLAMA_METAL": "1"}, [], ["libllama.so"])
 MAKE_EMBED = Recipe("make", {"LLAMA_METAL": "1", "LLAMA_METAL_EMBED_LIBRARY": "1"}, [], ["libllama.so"])
 
@@ -37,52 +36,6 @@ def vendored(build_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Cal
                 tar.extractall(dest, members=wanted, filter="tar")
             trees[version] = next(dest.glob("*/vendor/llama.cpp"))
         return trees[version]
-
-    return tree
-
-
-def _export_tag(git_dir: Path, tag: str, dest: Path) -> Path:
-    """A tag's tree, every blob the mirror holds (a snapshot may lack its largest files: git archive stops there)."""
-    listing = subprocess.run(
-        ["git", "--git-dir", str(git_dir), "ls-tree", "-r", "-z", tag], capture_output=True, check=True
-    ).stdout
-    entries = []
-    for item in filter(None, listing.split(b"\0")):
-        meta, path = item.split(b"\t", 1)
-        mode, kind, sha = meta.split()
-        if kind == b"blob" and mode != b"120000":
-            entries.append((sha, path.decode()))
-    with subprocess.Popen(
-        ["git", "--git-dir", str(git_dir), "cat-file", "--batch"], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    ) as proc:
-        assert proc.stdin is not None and proc.stdout is not None
-        for sha, path in entries:
-            proc.stdin.write(sha + b"\n")
-            proc.stdin.flush()
-            header = proc.stdout.readline().split()
-            if header[-1] == b"missing":
-                continue
-            data = proc.stdout.read(int(header[2]))
-            proc.stdout.read(1)
-            (dest / path).parent.mkdir(parents=True, exist_ok=True)
-            (dest / path).write_bytes(data)
-        proc.stdin.close()
-    return dest
-
-
-@pytest.fixture(scope="session")
-def kobold(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
-    if not (KOBOLD_MIRROR / "HEAD").exists():
-        pytest.skip(
-            f"no KoboldCPP mirror at {KOBOLD_MIRROR}: fetch github:LostRuins/koboldcpp there, "
-            "or name one in $PERFGATE_KOBOLDCPP_MIRROR"
-        )
-    trees: dict[str, Path] = {}
-
-    def tree(tag: str) -> Path:
-        if tag not in trees:
-            trees[tag] = _export_tag(KOBOLD_MIRROR, tag, tmp_path_factory.mktemp(f"koboldcpp-{tag}"))
-        return trees[tag]
 
     return tree
 
