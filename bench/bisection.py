@@ -184,28 +184,31 @@ class BisectOracle:
 
     def _judge_metric(self, commit: Commit, cand: BuildConfig) -> Step:
         from bench.compare import compare
+        from bench.errors import NoResults
         from bench.gate import evaluate
-        from bench.runner import run_matrix
-        from bench.sequential import Outcome, sample_until_sure
+        from bench.sampling import abba_round, sample_until_sure
+        from bench.sequential import Outcome
 
-        pair = self.config.model_copy(update={"builds": [self.good, cand], "models": [self.model]})
         runs: list[int] = []
         gate = self.config.gate_settings()
 
         def add_round(_models: list[str]) -> int:
-            run_id = run_matrix(self.store, pair, interleave=True, rounds=2, show_progress=False)
+            run_id = abba_round(self.store, self.config, [self.good, cand], [self.model], f"bench bisect {commit.sha}")
             runs.append(run_id)
             return run_id
 
         def judge() -> Any:
+            if not runs:
+                raise NoResults(f"{commit.sha}: not measured yet")
             with self.store.session() as session:
                 comparison = compare(
                     session, f"{self.good.name}@{runs[0]}", f"{cand.name}@{runs[0]}", extra_runs=runs[1:]
                 )
             return evaluate(comparison, gate, pairs_per_round=2)
 
-        add_round([self.model.name])
-        verdict, _looks = sample_until_sure(judge, _open(self.metric), add_round, self.budget_s)
+        verdict, _looks = sample_until_sure(
+            judge, _open(self.metric), add_round, self.budget_s, first_round=[self.model.name]
+        )
         checks = [c for c in verdict.checks if c.metric in ("load", self.metric)]
         failed_load = next((c for c in checks if c.metric == "load" and c.outcome == Outcome.FAIL), None)
         check = failed_load or next((c for c in checks if c.metric == self.metric), checks[0])

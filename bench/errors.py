@@ -21,6 +21,10 @@ class StoreError(PerfgateError):
     exit_code = 2
 
 
+class NoResults(StoreError):
+    """A build has no stored results (yet): `gate --measure` measures a first round instead of giving up."""
+
+
 class ImportFormatError(PerfgateError):
     """A foreign result file could not be read."""
 

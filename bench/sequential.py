@@ -26,12 +26,9 @@ wheel), and has no unknown-variance t-sequence, so both are the few lines below.
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 from scipy.special import betaln
@@ -45,11 +42,6 @@ SIGN_A = 2.0
 # said explicitly so that no future tuning lets three samples a side pass a build
 MIN_PAIRS = 4
 MAX_PAIRS_SEARCHED = 1_000_000
-V = TypeVar("V")
-
-if TYPE_CHECKING:
-    from bench.gate import Verdict
-    from bench.store.db import Store
 
 
 class Outcome(StrEnum):
@@ -211,112 +203,3 @@ def pairs_needed(ev: Evidence, gap: float, alpha: float) -> int | None:
 
 
 # -- the sampling loop -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Look:
-    """One look at the evidence: which models were still open, what the round added, how long it took."""
-
-    open_models: tuple[str, ...]
-    run_id: int | None
-    seconds: float
-
-
-def sample_until_sure(
-    judge: Callable[[], V],
-    open_models: Callable[[V], list[str]],
-    add_round: Callable[[list[str]], int],
-    budget_s: float,
-    clock: Callable[[], float] = time.monotonic,
-) -> tuple[V, list[Look]]:
-    """Judge; while some models are inconclusive and the budget allows another round like the last one, add an
-    ABBA round for those models only and judge again. Valid because every look reads a confidence sequence."""
-    start = clock()
-    verdict = judge()
-    looks: list[Look] = []
-    last_round_s = 0.0
-    while open_now := open_models(verdict):
-        elapsed = clock() - start
-        if elapsed + last_round_s > budget_s:
-            break
-        t0 = clock()
-        run_id = add_round(open_now)
-        last_round_s = clock() - t0
-        looks.append(Look(tuple(open_now), run_id, last_round_s))
-        verdict = judge()
-    return verdict, looks
-
-
-def gate_until_sure(
-    store: Store,
-    baseline: str,
-    candidate: str,
-    config_path: Path,
-    *,
-    allow_cross_machine: bool = False,
-    allow_mixed_settings: bool = False,
-    budget_s: float | None = None,
-) -> tuple[Verdict, list[Look]]:
-    """The verdict; with a budget, after adding ABBA rounds (run through the ordinary runner, stored as ordinary
-    results) for the models whose checks are inconclusive, until each is conclusive or the budget is spent."""
-    # the gate and the runner build on this module's statistics: imported here, not above, to keep it a leaf
-    from bench.compare import compare, parse_ref
-    from bench.config import DEFAULT_CONFIG, load_config, load_gate
-    from bench.errors import ConfigError
-    from bench.gate import evaluate
-
-    cfg = load_config(config_path, check_files=budget_s is not None) if config_path.exists() else None
-    if cfg is None and (budget_s is not None or config_path != DEFAULT_CONFIG):
-        raise ConfigError(f"{config_path}: no such config file" + (" (--measure runs its builds)" if budget_s else ""))
-    gate = cfg.gate_settings() if cfg else load_gate(config_path)
-    added: list[int] = []
-
-    def judge() -> Verdict:
-        with store.session() as session:
-            comparison = compare(
-                session,
-                baseline,
-                candidate,
-                allow_cross_machine=allow_cross_machine,
-                allow_mixed_settings=allow_mixed_settings,
-                extra_runs=added,
-            )
-        # one added round is an AB + BA pair: two pairs of worker processes
-        return evaluate(comparison, gate, pairs_per_round=2)
-
-    if budget_s is None or cfg is None:
-        return judge(), []
-    builds = {b.name: b for b in cfg.builds}
-    pair = []
-    for ref in (baseline, candidate):
-        name, _ = parse_ref(ref)
-        if name not in builds:
-            raise ConfigError(f"{cfg.source}: builds: no build {name!r}: --measure needs it to add rounds")
-        pair.append(builds[name])
-
-    def add_round(models: list[str]) -> int:
-        from bench.machine import collect
-        from bench.runlock import lock_path, run_lock
-        from bench.runner import run_matrix
-
-        chosen = [m for m in cfg.models if m.name in models]
-        reduced = cfg.model_copy(
-            update={
-                "builds": pair,
-                "models": chosen,
-                "suite": cfg.suite.model_copy(update={"repetitions": 2 * cfg.suite.repetitions}),
-            }
-        )
-        # one measurement on a machine at a time: a round measured beside another run would measure both
-        lock = run_lock(lock_path(collect().fingerprint), wait=True, what=f"bench gate --measure {candidate}")
-        with lock:
-            run_id = run_matrix(store, reduced, interleave=True, rounds=2, show_progress=False)
-        added.append(run_id)
-        return run_id
-
-    measurable = {m.name for m in cfg.models}  # a model the config does not name cannot get rounds: it stays open
-
-    def open_models(verdict: Verdict) -> list[str]:
-        return [m for m in verdict.open_models() if m in measurable]
-
-    return sample_until_sure(judge, open_models, add_round, budget_s)

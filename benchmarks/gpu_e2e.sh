@@ -159,11 +159,10 @@ size() {
     synth "$size"
     local pair others
     pair=$(sized "$size" "$base" "$cand")
-    # from no samples to a verdict: one interleaved round, then the gate adds ABBA rounds until sure
-    timed "$size" first_round bench run --config "$pair" --interleave --rounds 1 --quiet
+    # from no samples to a verdict: the gate measures a first round, then adds ABBA rounds until sure
     timed "$size" verdict bench gate --baseline "$base" --candidate "$cand" --config "$pair" --measure \
-      --budget-s "${E2E_BUDGET_S:-600}" --json "$OUT/gate-$size.json" --summary "$OUT/gate-$size.md" >/dev/null
-    tail -n +1 "$OUT/gate-$size.md" | head -12
+      --budget-s "${E2E_BUDGET_S:-600}" --json "$E2E/gate-$size.json" --summary "$E2E/gate-$size.md" >/dev/null
+    head -12 "$E2E/gate-$size.md"
     others=("$cand")
     [ "${E2E_WORKER:-1}" = 1 ] && others+=("lcp-${CAND#v}")
     [ "$BACKEND" = cuda ] && others+=("$cand-sm80")
@@ -172,12 +171,18 @@ size() {
     timed "$size" run bench run --config "$rest" --interleave --rounds "${E2E_ROUNDS:-2}" --quiet
     if [ "$BACKEND" = cuda ]; then
       timed "$size" sm80_gate bench gate --baseline "$cand" --candidate "$cand-sm80" --config "$rest" \
-        --json "$OUT/gate-sm80-$size.json" --summary "$OUT/gate-sm80-$size.md" >/dev/null
+        --json "$E2E/gate-sm80-$size.json" --summary "$E2E/gate-sm80-$size.md" >/dev/null
+      head -8 "$E2E/gate-sm80-$size.md"
     fi
     [ "${E2E_WORKER:-1}" = 1 ] && fidelity "$size"
     rm -f "$E2E/models/$size-Q4_0.gguf"
   done
-  cp "$E2E/timings.tsv" "$E2E/e2e.sqlite" "$OUT/"
+  pack
+}
+
+pack() {  # $OUT brings back few files: the store, and every verdict and timing in one archive
+  cp "$E2E/e2e.sqlite" "$OUT/"
+  tar -czf "$OUT/verdicts.tar.gz" -C "$E2E" $(cd "$E2E" && ls timings.tsv fidelity.txt gate-*.json gate-*.md 2>/dev/null)
 }
 
 fidelity() {  # the worker on the release's own libllama beside llama-bench of the same tree
@@ -188,6 +193,9 @@ import json, sys
 doc = json.load(open(sys.argv[1]))
 for r in doc["rows"]:
     if r["model"] == sys.argv[2] + "-Q4_0" and r["metric"] in ("pp_ts", "tg_ts"):
+        if r.get("ratio") is None:  # a side that did not load: its status is in the store, not a number
+            print(f"fidelity {r['model']} {r['metric']}: not measured on both sides ({r.get('note') or r})")
+            continue
         print(f"fidelity {r['model']} {r['metric']}: worker {r['candidate']:.1f} / llama-bench {r['baseline']:.1f} t/s"
               f" = {r['ratio']:.4f}")
 PYEOF
@@ -198,13 +206,12 @@ kobold() {
     synth "$size"
     local cfg
     cfg=$(sized "$size" kcpp-1.60.1 kcpp-1.61)
-    timed "kcpp-$size" first_round bench run --config "$cfg" --interleave --rounds 1 --quiet
     timed "kcpp-$size" verdict bench gate --baseline kcpp-1.60.1 --candidate kcpp-1.61 --config "$cfg" --measure \
-      --budget-s "${E2E_BUDGET_S:-600}" --json "$OUT/gate-kcpp-$size.json" --summary "$OUT/gate-kcpp-$size.md" >/dev/null
-    head -12 "$OUT/gate-kcpp-$size.md"
+      --budget-s "${E2E_BUDGET_S:-600}" --json "$E2E/gate-kcpp-$size.json" --summary "$E2E/gate-kcpp-$size.md" >/dev/null
+    head -12 "$E2E/gate-kcpp-$size.md"
     rm -f "$E2E/models/$size-Q4_0.gguf"
   done
-  cp "$E2E/timings.tsv" "$E2E/e2e.sqlite" "$OUT/"
+  pack
 }
 
 report() {

@@ -191,6 +191,28 @@ def test_too_small_a_budget_ends_inconclusive_saying_how_many_rounds_are_missing
     assert "tg_ts" in {c.get("name") for c in junit.iter("testcase") if c.find("failure") is not None}
 
 
+def test_measure_on_an_empty_store_measures_a_first_round_before_judging(
+    models_dir: Path, write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The GPU loop's first step (found on the H100: `gate --measure` stopped at "no results for build")."""
+    db_url = _measuring_db(tmp_path)
+    write_config(
+        [{"name": "q4", "path": str(models_dir / "tiny-Q4_0.gguf")}],
+        builds=[{"name": "A", "python": PYTHON}, {"name": "B", "python": PYTHON}],
+        repetitions=2,
+        n_prompt=32,
+        n_gen=8,
+    )
+    # without --measure there is nothing to judge: one clear error, exit 2
+    plain = bench_cli("gate", "--baseline", "A", "--candidate", "B", "--db", db_url)
+    assert plain.returncode == 2 and plain.stderr.startswith("error: ") and "Traceback" not in plain.stderr
+    code, summary, _ = _gate(db_url, tmp_path, "A", "B", "--measure", "--budget-s", "0")
+    runs = _runs(db_url)
+    assert len(runs) == 1 and runs[0]["builds"] == "A, B", runs  # one round, even past a zero budget
+    assert "1 ABBA round(s) added" in summary and "| q4 | load | pass |" in summary, summary
+    assert code in (0, 3), summary
+
+
 def test_noisy_but_not_slower_candidate_is_never_failed(
     models_dir: Path, write_config: Callable[..., Path], tmp_path: Path
 ) -> None:

@@ -10,13 +10,13 @@ import pytest
 from scipy import stats
 from scipy.special import betaln
 
+from bench.sampling import sample_until_sure
 from bench.sequential import (
     MIN_PAIRS,
     Outcome,
     decide,
     evidence,
     halfwidth_factor,
-    sample_until_sure,
     sign_interval,
     worst,
 )

@@ -87,7 +87,7 @@ def gate_cmd(
 ) -> None:
     """Release verdict: exit 0 pass, 1 fail (regression shown), 3 inconclusive (not shown either way), 2 usage error."""
     from bench.gate import junit, markdown, to_json, write_step_summary
-    from bench.sequential import gate_until_sure
+    from bench.sampling import gate_until_sure
     from bench.store.db import open_store
 
     check_format(fmt, ("markdown", "json"))

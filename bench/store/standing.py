@@ -12,7 +12,7 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bench.errors import StoreError
+from bench.errors import NoResults
 from bench.store.models import Build, Machine, Model, Result, Run
 
 STANDING_KEY = ["machine_fingerprint", "build", "model"]
@@ -65,7 +65,7 @@ def standing_frame(
     rows = session.execute(stmt).all()
     if not rows:
         where = f" in run {run_id}" if run_id is not None else ""
-        raise StoreError(f"no results for build {build!r}{where}")
+        raise NoResults(f"no results for build {build!r}{where}")
     keys = standing(pd.DataFrame([tuple(r) for r in rows], columns=[*RULE_COLUMNS, "run_id", "machine"]))
     if machine_fingerprint not in set(keys["machine_fingerprint"]):
         # a measured machine before the one of `bench metal-check --record`'s predictions
