@@ -20,7 +20,7 @@ from scipy import stats
 from sqlalchemy.orm import Session
 
 from bench.errors import ConfigError, StoreError
-from bench.metrics import METRICS, tokens_per_s
+from bench.metrics import METRICS, Status, tokens_per_s
 from bench.store.annotations import engines_of
 from bench.store.queries import results_frame, runs_frame
 from bench.store.standing import standing_frame
@@ -205,7 +205,7 @@ def _paired(base: list[tuple[int, list[float]]], cand: list[tuple[int, list[floa
 
 
 def _pooled_values(rows: pd.DataFrame, metric: str) -> np.ndarray:
-    ok = [r for r in rows.to_dict("records") if r["status"] == "ok"]
+    ok = [r for r in rows.to_dict("records") if r["status"] == Status.OK]
     return np.concatenate([metric_values(r, metric) for r in ok]) if ok else np.array([])
 
 
@@ -228,8 +228,8 @@ def compare_frames(
         b_rows, c_rows = sides[0].get(model, []), sides[1].get(model, [])
         b = b_rows[-1] if b_rows else None
         c = c_rows[-1] if c_rows else None
-        b_ok = [r for r in b_rows if r["status"] == "ok"] if b is not None and b["status"] == "ok" else []
-        c_ok = [r for r in c_rows if r["status"] == "ok"] if c is not None and c["status"] == "ok" else []
+        b_ok = [r for r in b_rows if r["status"] == Status.OK] if b is not None and b["status"] == Status.OK else []
+        c_ok = [r for r in c_rows if r["status"] == Status.OK] if c is not None and c["status"] == Status.OK else []
         for metric in metrics:
             b_each = [metric_values(r, metric) for r in b_ok]
             c_each = [metric_values(r, metric) for r in c_ok]

@@ -22,6 +22,7 @@ from bench import machine as machine_mod
 from bench.config import Config
 from bench.diagnose import ExitInfo, classify
 from bench.errors import PerfgateError
+from bench.metrics import Status
 from bench.store.db import make_engine, resolve_url, schema_state, shown
 from bench.synth import SHAPES, SynthSpec, synthesize
 
@@ -122,7 +123,7 @@ def probe_offload(python: str, expect_gpu: bool, workdir: Path) -> Check:
         where += f", {diag.offloaded[0]}/{diag.offloaded[1]} layers offloaded"
     if budget:
         where += f", recommendedMaxWorkingSetSize {budget / 2**30:.1f} GiB"
-    ok = diag.status == "ok"
+    ok = diag.status == Status.OK
     return Check("gpu_probe", ok, where if ok else f"{diag.status}: {diag.reason} ({where})")
 
 

@@ -20,7 +20,7 @@ from bench import machine as machine_mod
 from bench.builds import BuildIdentity
 from bench.errors import ImportFormatError
 from bench.machine import MachineInfo
-from bench.metrics import STATUSES
+from bench.metrics import STATUSES, Status
 from bench.store.models import Machine, Run, utcnow
 from bench.store.queries import INT_FIELDS
 from bench.store.records import Measurement, record_result, upsert_build, upsert_machine, upsert_model
@@ -146,7 +146,7 @@ def import_llama_bench(session: Session, path: Path, build_name: str, *, machine
         )
         gpu = any_test.get("n_gpu_layers", 0) != 0 and any_test.get("backends", "CPU") != "CPU"
         m = Measurement(
-            "ok",
+            Status.OK,
             "imported from llama-bench",
             pp.get("n_prompt", 0),
             tg.get("n_gen", 0),
@@ -282,7 +282,9 @@ def import_pytest_benchmark(session: Session, path: Path, build_name: str, *, ma
     for name, tests in per_model.items():
         model = upsert_model(session, name, f"pytest-benchmark:{name}", None, None, {})
         pp, tg = tests.get("pp", ([], 0)), tests.get("tg", ([], 0))
-        m = Measurement("ok", "imported from pytest-benchmark", pp[1], tg[1], samples_pp_ns=pp[0], samples_tg_ns=tg[0])
+        m = Measurement(
+            Status.OK, "imported from pytest-benchmark", pp[1], tg[1], samples_pp_ns=pp[0], samples_tg_ns=tg[0]
+        )
         when = _parse_time(data.get("datetime"))
         record_result(
             session, run.id, build.id, model.id, m, rounds_total=1, started_at=when, finished_at=when, commit=False

@@ -17,6 +17,7 @@ from typing import Any
 
 from bench.builds.identity import BuildIdentity, sha256_file
 from bench.engines.base import NEW_FILE, FileNamer, ItemSpec, Judge, ProcessOutcome, ProcessSpec, measurement_of
+from bench.metrics import Status
 from bench.store.records import Measurement
 
 CSV = NEW_FILE + "bench.csv"  # KoboldCPP writes the header only into a file that does not exist yet
@@ -135,7 +136,7 @@ class KoboldCpp:
                     load_ns.append(max(int((outcome.wall_s - total) * 1e9), 1))
             judged.append((diag, outcome, row is not None))
         # the first process that failed decides the item; else the last one speaks for all
-        diag, outcome, wrote = next((j for j in judged if j[0].status != "ok" or not j[2]), judged[-1])
+        diag, outcome, wrote = next((j for j in judged if j[0].status != Status.OK or not j[2]), judged[-1])
         return measurement_of(
             item,
             diag,

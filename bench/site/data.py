@@ -281,7 +281,7 @@ def statuses_changed(data: SiteData, fp: str) -> list[dict[str, Any]]:
     now = standing(res[res["run_id"] == run])
     before = standing(res[res["run_id"] == prev])
     ok_before = {
-        (b, m) for b, m, s in zip(before["build"], before["model"], before["status"], strict=True) if s == "ok"
+        (b, m) for b, m, s in zip(before["build"], before["model"], before["status"], strict=True) if s == Status.OK
     }
     ok_models = {m for _, m in ok_before}
     builds_before = set(before["build"])

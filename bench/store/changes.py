@@ -10,7 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, aliased
 
 from bench.errors import StoreError
-from bench.metrics import METRICS
+from bench.metrics import METRICS, Status
 from bench.store.models import Build, ChangePoint, Machine, Model, Result, Run, utcnow
 
 # what change_points_frame returns, one row per change point (the dashboard reads these columns)
@@ -216,7 +216,7 @@ def change_points_frame(
         (pid, fp, host, model_name, build, metric_name, kind, b_name, b_sha, b_det, a_name, a_sha, a_det) = r[:13]
         run_b, run_a, run_at, v_b, v_a, shift, st_b, st_a, detected, reported = r[13:]
         commit_b, commit_a = build_commit(b_det), build_commit(a_det)
-        regression = st_a != "ok" if kind == "status" else METRICS[metric_name].worse(shift, 0.0)
+        regression = st_a != Status.OK if kind == "status" else METRICS[metric_name].worse(shift, 0.0)
         rows.append(
             (
                 *(pid, fp, host, model_name, build, metric_name, kind, reference),

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from bench.builds import BuildIdentity
 from bench.machine import MachineInfo
-from bench.metrics import mean_std, tokens_per_s
+from bench.metrics import Status, mean_std, tokens_per_s
 from bench.store.models import Build, Machine, Model, Result, ResultLog, Run, Sample, utcnow
 
 
@@ -146,7 +146,7 @@ def record_result(
         },
     )
     result = session.scalars(select(Result).where(*(getattr(Result, k) == v for k, v in result_key.items()))).one()
-    if result.rounds_done and result.status != "ok" and m.status == "ok":
+    if result.rounds_done and result.status != Status.OK and m.status == Status.OK:
         m = Measurement(result.status, result.reason or "", m.n_prompt, m.n_gen, log=m.log)  # a failed round sticks
     result.status, result.reason = m.status, m.reason
     for key, value in m.fields.items():
@@ -173,9 +173,9 @@ def record_result(
     if m.log:
         if result.log is None:
             result.log = ResultLog(text=m.log)
-        elif m.status != "ok":
+        elif m.status != Status.OK:
             result.log.text += f"\n--- round {result.rounds_done} ---\n{m.log}"
-    if result.rounds_done >= rounds_total or m.status != "ok":
+    if result.rounds_done >= rounds_total or m.status != Status.OK:
         # an import keeps the time the file says it was measured: "newest" means newest measured
         result.finished_at = finished_at or utcnow()
     if commit:
@@ -193,7 +193,7 @@ def finished_items(session: Session, run_id: int, rounds_total: int) -> dict[tup
         .join(Model, Result.model_id == Model.id)
         .where(Result.run_id == run_id)
     ).all()
-    return {(b, mo): (rounds_total if status != "ok" else rounds) for b, mo, rounds, status in rows}
+    return {(b, mo): (rounds_total if status != Status.OK else rounds) for b, mo, rounds, status in rows}
 
 
 def start_run(
