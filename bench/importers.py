@@ -23,7 +23,7 @@ from bench.machine import MachineInfo
 from bench.metrics import STATUSES, Status
 from bench.store.models import Machine, Run, utcnow
 from bench.store.queries import INT_FIELDS
-from bench.store.records import Measurement, record_result, upsert_build, upsert_machine, upsert_model
+from bench.store.records import Figures, Measurement, record_result, upsert_build, upsert_machine, upsert_model
 
 FORMATS = ("llama-bench", "pytest-benchmark", "perfgate")
 
@@ -152,11 +152,11 @@ def import_llama_bench(session: Session, path: Path, build_name: str, *, machine
             tg.get("n_gen", 0),
             samples_pp_ns=pp.get("samples_ns", []),
             samples_tg_ns=tg.get("samples_ns", []),
-            fields={
-                "backend": any_test.get("backends"),
-                "model_bytes": any_test.get("model_size"),
-                "layers_offloaded": None if not gpu else any_test.get("n_gpu_layers"),
-            },
+            figures=Figures(
+                backend=any_test.get("backends"),
+                model_bytes=any_test.get("model_size"),
+                layers_offloaded=None if not gpu else any_test.get("n_gpu_layers"),
+            ),
         )
         measured = _parse_time(any_test.get("test_time"))
         record_result(
@@ -378,7 +378,7 @@ def import_perfgate(session: Session, path: Path) -> list[int]:
             samples_tg_ns=_samples(r.get("samples_tg_ns") or [], where),
             samples_load_ns=_samples(r.get("samples_load_ns") or [], where),
             log=r.get("log") or "",
-            fields=fields,
+            figures=Figures(**fields),
             memory=r.get("memory") or {},
         )
         record_result(

@@ -26,6 +26,7 @@ from bench.store.annotations import merge_build_details
 from bench.store.db import Store
 from bench.store.models import Run, utcnow
 from bench.store.records import (
+    Figures,
     Measurement,
     finish_run,
     finished_items,
@@ -355,7 +356,7 @@ def _measure_item(
             f"{budget / 2**30:.1f} GiB; --force runs it anyway",
             suite.n_prompt,
             suite.n_gen,
-            fields={"device_budget_bytes": budget, "model_bytes": facts.file_bytes},
+            figures=Figures(device_budget_bytes=budget, model_bytes=facts.file_bytes),
         )
     spec = ItemSpec(
         model_path=facts.path,
@@ -390,8 +391,8 @@ def _measure_item(
         if outcomes[-1].timed_out:
             break
     m = prepared.engine.measurement(spec, outcomes, judge)
-    if m.fields.get("device_budget_bytes") is None and budget is not None:
-        m.fields["device_budget_bytes"] = budget
+    if m.figures.device_budget_bytes is None and budget is not None:
+        m.figures.device_budget_bytes = budget
     return m
 
 

@@ -35,7 +35,7 @@ from bench.compare import compare
 from bench.machine import collect
 from bench.store.db import open_store, upgrade_store
 from bench.store.models import Build, Model, Result, Sample
-from bench.store.records import Measurement, record_result, start_run, upsert_machine
+from bench.store.records import Figures, Measurement, record_result, start_run, upsert_machine
 from bench.store.transfer import copy_runs
 from benchmarks.dashboard_scale import fill
 from tests.pg_server import pg_server
@@ -80,7 +80,7 @@ def time_write_path(url: str, n: int) -> float:
                 samples_pp_ns=[250_000_000 + k for k in range(5)],
                 samples_tg_ns=[1_200_000_000 + k for k in range(5)],
                 log="load_tensors: CPU model buffer size = 10.23 MiB\n",
-                fields={"load_s": 1.0},
+                figures=Figures(load_s=1.0),
             )
             record_result(session, run.id, build_id, model_ids[i % len(model_ids)], m)
         return time.perf_counter() - t0

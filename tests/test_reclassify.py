@@ -9,7 +9,15 @@ from bench.machine import MachineInfo
 from bench.store.db import Store
 from bench.store.models import Reclassification, Result
 from bench.store.reclassify import reclassifications, reclassify
-from bench.store.records import Measurement, record_result, start_run, upsert_build, upsert_machine, upsert_model
+from bench.store.records import (
+    Figures,
+    Measurement,
+    record_result,
+    start_run,
+    upsert_build,
+    upsert_machine,
+    upsert_model,
+)
 from tests.conftest import REPO, bench_cli
 
 LOGS = REPO / "tests" / "logs"
@@ -43,7 +51,7 @@ def _store_with_old_results(db_url: str, *, gpu: str | None, runs: int = 1) -> l
                     samples_pp_ns=[1_000_000] * 3 if old == "ok" else [],
                     samples_tg_ns=[2_000_000] * 3 if old == "ok" else [],
                     log=(LOGS / log).read_text(),
-                    fields={"exit_code": exit_code},
+                    figures=Figures(exit_code=exit_code),
                 )
                 record_result(session, run.id, build.id, model.id, m)
     store.close()
@@ -109,9 +117,7 @@ def test_a_cpu_run_of_a_gpu_expected_machine_is_reread_as_cpu_fallback(db_url: s
         model = upsert_model(session, "7B", "/models/7B.gguf", 1, 32, {})
         run = start_run(session, machine, {"suite": {"n_gpu_layers": "all"}, "expect_gpu": True})
         log = (LOGS / "cpu_fallback/worker-cpu-only-lib-on-h100-7b.log").read_text()
-        record_result(
-            session, run.id, build.id, model.id, Measurement("ok", "old", 512, 128, [1], [1], log=log, fields={})
-        )
+        record_result(session, run.id, build.id, model.id, Measurement("ok", "old", 512, 128, [1], [1], log=log))
         [change] = reclassify(session, run.id)
     store.close()
     assert (change.old_status, change.new_status) == ("ok", "cpu_fallback")

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 from bench.builds.identity import BuildIdentity
 from bench.diagnose import gpu_devices
 from bench.metrics import Status
-from bench.store.records import Measurement
+from bench.store.records import Figures, Measurement
 
 LOG_LIMIT = 2_000_000  # characters of load log kept per result
 TOKEN_VAR = "PERFGATE_ITEM_TOKEN"  # marks every process of one item, so none outlives it
@@ -297,7 +297,7 @@ def measurement_of(
         samples_pp_ns=list(samples_pp_ns),
         samples_tg_ns=list(samples_tg_ns),
         log=outcome.log if log is None else log,
-        fields=measured,
+        figures=Figures(**measured),
         memory=memory,
         engine_info=engine_info or {},
         samples_load_ns=list(samples_load_ns or []),

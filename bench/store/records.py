@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Table, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -97,6 +97,34 @@ def upsert_model(
     return model
 
 
+T = TypeVar("T")
+
+
+@dataclass
+class Figures:
+    """What a measurement says beside its samples, one typed field per result column (None: not said). Engines
+    that report only a mean and stddev (old llama-bench) give pp_ts/tg_ts here; samples, when there are any,
+    decide them instead."""
+
+    load_s: float | None = None
+    pp_ts: float | None = None
+    pp_ts_std: float | None = None
+    tg_ts: float | None = None
+    tg_ts_std: float | None = None
+    layers_offloaded: int | None = None
+    layers_total: int | None = None
+    backend: str | None = None
+    model_bytes: int | None = None
+    model_buf_bytes: int | None = None
+    kv_bytes: int | None = None
+    compute_bytes: int | None = None
+    gpu_used_bytes: int | None = None
+    device_budget_bytes: int | None = None
+    exit_code: int | None = None
+    signal: str | None = None
+    rss_peak_bytes: int | None = None
+
+
 @dataclass
 class Measurement:
     """One worker's outcome, ready to be stored."""
@@ -108,10 +136,15 @@ class Measurement:
     samples_pp_ns: list[int] = field(default_factory=list)
     samples_tg_ns: list[int] = field(default_factory=list)
     log: str = ""
-    fields: dict[str, Any] = field(default_factory=dict)  # load_s, layers_*, backend, memory figures …
+    figures: Figures = field(default_factory=Figures)
     memory: dict[str, Any] = field(default_factory=dict)
     samples_load_ns: list[int] = field(default_factory=list)  # one per fresh-process load, where measured
     engine_info: dict[str, Any] = field(default_factory=dict)  # what the engine said of the build (llama-bench)
+
+
+def _said(stored: T | None, new: T | None) -> T | None:
+    """A later round's figure replaces the stored one; a round that does not say keeps it."""
+    return stored if new is None else new
 
 
 def record_result(
@@ -149,9 +182,24 @@ def record_result(
     if result.rounds_done and result.status != Status.OK and m.status == Status.OK:
         m = Measurement(result.status, result.reason or "", m.n_prompt, m.n_gen, log=m.log)  # a failed round sticks
     result.status, result.reason = m.status, m.reason
-    for key, value in m.fields.items():
-        if value is not None and (key != "rss_peak_bytes" or value > (result.rss_peak_bytes or 0)):
-            setattr(result, key, value)
+    f = m.figures
+    result.load_s = _said(result.load_s, f.load_s)
+    result.pp_ts = _said(result.pp_ts, f.pp_ts)
+    result.pp_ts_std = _said(result.pp_ts_std, f.pp_ts_std)
+    result.tg_ts = _said(result.tg_ts, f.tg_ts)
+    result.tg_ts_std = _said(result.tg_ts_std, f.tg_ts_std)
+    result.layers_offloaded = _said(result.layers_offloaded, f.layers_offloaded)
+    result.layers_total = _said(result.layers_total, f.layers_total)
+    result.backend = _said(result.backend, f.backend)
+    result.model_bytes = _said(result.model_bytes, f.model_bytes)
+    result.model_buf_bytes = _said(result.model_buf_bytes, f.model_buf_bytes)
+    result.kv_bytes = _said(result.kv_bytes, f.kv_bytes)
+    result.compute_bytes = _said(result.compute_bytes, f.compute_bytes)
+    result.gpu_used_bytes = _said(result.gpu_used_bytes, f.gpu_used_bytes)
+    result.device_budget_bytes = _said(result.device_budget_bytes, f.device_budget_bytes)
+    result.exit_code = _said(result.exit_code, f.exit_code)
+    result.signal = _said(result.signal, f.signal)
+    result.rss_peak_bytes = max(filter(None, (result.rss_peak_bytes, f.rss_peak_bytes)), default=None)  # a peak
     result.memory = {**(result.memory or {}), **m.memory}
     seq0 = {"pp": 0, "tg": 0, "load": 0}
     for s in result.samples:
@@ -160,7 +208,6 @@ def record_result(
         result.samples.extend(Sample(test=test, seq=seq0[test] + i, ns=int(ns)) for i, ns in enumerate(values))
     pp = [s.ns for s in result.samples if s.test == "pp"]
     tg = [s.ns for s in result.samples if s.test == "tg"]
-    # engines that report only a mean and stddev (old llama-bench) set pp_ts/tg_ts through fields
     if pp:
         result.pp_ts, result.pp_ts_std = mean_std(tokens_per_s(pp, result.n_prompt))
     if tg:
