@@ -198,7 +198,7 @@ class DashboardConfig(_Strict):
 
     baseline: str | None = None  # a build name every newest run is held to
     baseline_pattern: str | None = None  # or: the newest earlier build whose name matches this glob ("v*")
-    # GB/s by machine hostname, fingerprint or GPU name, over the table of known chips (bench.site.roofline)
+    # GB/s by machine hostname, fingerprint or GPU name, over the table of known chips (bench.report.site.roofline)
     bandwidth_gbs: dict[str, float] = {}
     # each machine × build's newest nightlies get a page against the night before (comparing costs time)
     nightly_pages: int = Field(default=7, ge=0, le=10_000)

@@ -38,7 +38,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.changes import DetectorSettings, find_shifts
+from bench.analysis.changes import DetectorSettings, find_shifts
 from bench.metrics import tokens_per_s
 from bench.store.db import open_store
 from bench.store.queries import results_frame

@@ -20,8 +20,8 @@ import numpy as np
 from sqlalchemy import func, insert, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.dashboard import build_site
 from bench.machine import collect
+from bench.report.dashboard import build_site
 from bench.store.db import open_store
 from bench.store.models import Build, Model, Result, ResultLog, Run, Sample
 from bench.store.records import upsert_machine
@@ -137,7 +137,7 @@ def main() -> None:
         index = (report.out / "index.html").stat().st_size
         print(
             f"full build: {report.pages} pages, {report.written} files, {report.bytes_total / 1e6:.1f} MB in "
-            f"{report.seconds:.1f} s (goal ≤ 10 s); comparisons (bench.compare + bench.gate): "
+            f"{report.seconds:.1f} s (goal ≤ 10 s); comparisons (bench.analysis.compare + bench.analysis.gate): "
             f"{report.compare_s:.1f} CPU-s"
         )
         print(

@@ -123,7 +123,7 @@ def main() -> None:
 def pooled_table(db: str, rounds: int):  # type: ignore[no-untyped-def]
     import pandas as pd
 
-    from bench.compare import compare_frames
+    from bench.analysis.compare import compare_frames
     from bench.store.db import open_store
     from bench.store.queries import results_frame
 

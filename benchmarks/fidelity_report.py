@@ -9,7 +9,7 @@ import argparse
 
 import pandas as pd
 
-from bench.compare import compare_frames, resolve_side
+from bench.analysis.compare import compare_frames, resolve_side
 from bench.store.db import open_store
 from bench.store.queries import results_frame
 

@@ -1,6 +1,6 @@
 """Benchmark (not a test): how the gate's verdicts behave on real sample pools, with and without sampling until
-sure — through the gate's own code at every look: bench.compare.process_values reduces each worker process to
-one value, the processes pair as the gate pairs them, and bench.sequential.decide (what every gate check calls)
+sure — through the gate's own code at every look: bench.analysis.compare.process_values reduces each worker process to
+one value, the processes pair as the gate pairs them, and bench.analysis.sequential.decide (what every gate check calls)
 judges pp and tg against the default thresholds.
 
 Pools (collected once, then resampled; every number below comes from them):
@@ -35,10 +35,10 @@ import pandas as pd
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.compare import process_values
+from bench.analysis.compare import process_values
+from bench.analysis.sequential import Outcome, decide, first_bounded, predicted_halfwidth
 from bench.config import GateConfig
 from bench.metrics import METRICS as SPECS
-from bench.sequential import Outcome, decide, first_bounded, predicted_halfwidth
 from bench.store.db import open_store
 from bench.store.queries import results_frame
 from bench.synth import SynthSpec, synthesize

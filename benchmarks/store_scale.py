@@ -31,7 +31,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.compare import compare
+from bench.analysis.compare import compare
 from bench.machine import collect
 from bench.store.db import open_store, upgrade_store
 from bench.store.models import Build, Model, Result, Sample

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bench.bisection import Commit, Mark, Step, search
+from bench.analysis.bisection import Commit, Mark, Step, search
 from tests.conftest import bench_cli
 from tests.test_builds import build_config, copy_vendored
 

@@ -13,7 +13,14 @@ from tests.conftest import REPO
 LOG = REPO / "tests" / "logs" / "context_failed" / "lmstudio-context-init.log"
 # what only the commands that read the store, judge or draw need
 HEAVY = ("pandas", "sqlalchemy", "alembic", "plotly", "scipy", "numpy", "jinja2", "matplotlib", "gguf", "yaml")
-HEAVY_BENCH = ("bench.store", "bench.site", "bench.config", "bench.render", "bench.compare", "bench.gate")
+HEAVY_BENCH = (
+    "bench.store",
+    "bench.report.site",
+    "bench.config",
+    "bench.report.render",
+    "bench.analysis.compare",
+    "bench.analysis.gate",
+)
 
 
 def imported_by(*args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:

@@ -1,4 +1,4 @@
-"""The optimised bench.compare gives exactly the table and verdict of the straightforward row-by-row code it
+"""The optimised bench.analysis.compare gives exactly the table and verdict of the straightforward row-by-row code it
 replaced, on real stored runs: an interleaved run with load repetitions plus a pooled repeat (real workers),
 recorded llama-bench output, and a dashboard_scale store read through the site's own frames."""
 
@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import compare as cmp
-from bench.compare import Comparison, compare_frames, mann_whitney_p, metric_values, ratio_ci
+from bench.analysis import compare as cmp
+from bench.analysis.compare import Comparison, compare_frames, mann_whitney_p, metric_values, ratio_ci
+from bench.analysis.gate import evaluate, to_json
 from bench.config import DashboardConfig, GateConfig
-from bench.gate import evaluate, to_json
 from bench.metrics import METRICS
-from bench.site import data as site_data
-from bench.site.output import SiteOutput
-from bench.site.pages import Builder
+from bench.report.site import data as site_data
+from bench.report.site.output import SiteOutput
+from bench.report.site.pages import Builder
 from bench.store.db import open_store
 from bench.store.queries import runs_frame
 from tests.conftest import PYTHON, REPO, bench_cli
@@ -122,7 +122,7 @@ def assert_same_table(fast: pd.DataFrame, ref: pd.DataFrame) -> None:
 
 
 def pooled_frames(db: str, baseline_ref: str, candidate_ref: str, extra: tuple[int, ...] = ()) -> Any:
-    """The frames bench.compare.compare hands to compare_frames (the same steps, read here)."""
+    """The frames bench.analysis.compare.compare hands to compare_frames (the same steps, read here)."""
     with open_store(db) as store, store.session() as session:
         candidate = cmp.resolve_side(session, candidate_ref)
         baseline = cmp.resolve_side(session, baseline_ref, machine_fingerprint=candidate.machine_fingerprint)

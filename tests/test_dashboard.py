@@ -19,11 +19,11 @@ import yaml
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from bench.config import DashboardConfig, load_config
-from bench.dashboard import build_site
 from bench.errors import ConfigError
 from bench.escape import visible
+from bench.report.dashboard import build_site
+from bench.report.site.output import MARKER
 from bench.runner import run_matrix
-from bench.site.output import MARKER
 from bench.store.db import open_store
 from bench.store.models import Build, ChangePoint, Machine, Result
 from bench.store.queries import results_frame
@@ -480,7 +480,7 @@ def test_wheel_installs_and_runs_every_command(
         [
             str(venv / "bin" / "python"),
             "-c",
-            "import bench.store.db as d, bench.site.pages as p; print(d.MIGRATIONS, p.TEMPLATES)",
+            "import bench.store.db as d, bench.report.site.pages as p; print(d.MIGRATIONS, p.TEMPLATES)",
         ],
         cwd=work,
         capture_output=True,

@@ -17,13 +17,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import gate, render
+from bench.analysis import gate
+from bench.analysis.compare import Comparison, Side
+from bench.analysis.gate import Check, Verdict
+from bench.analysis.sequential import Outcome
 from bench.cli.app import console
-from bench.compare import Comparison, Side
 from bench.escape import visible
-from bench.gate import Check, Verdict
-from bench.sequential import Outcome
-from bench.site.pages import environment, json_text
+from bench.report import render
+from bench.report.site.pages import environment, json_text
 from tests.conftest import HOSTILE_NAMES, REPO
 
 # what must never reach a report raw (bench.escape's rules, written again here so a mistake there shows)

@@ -161,9 +161,9 @@ def test_results_frame_reads_samples_in_order(models_dir: Path, write_config: Ca
 def test_load_repetitions_load_in_fresh_processes_and_load_time_becomes_gateable(
     models_dir: Path, write_config: Callable[..., Path], db_url: str
 ) -> None:
-    from bench.compare import compare
-    from bench.gate import evaluate
-    from bench.sequential import Outcome
+    from bench.analysis.compare import compare
+    from bench.analysis.gate import evaluate
+    from bench.analysis.sequential import Outcome
 
     builds = [{"name": "a", "python": PYTHON}, {"name": "b", "python": PYTHON}]
     model = [{"name": "q4", "path": str(models_dir / "tiny-Q4_0.gguf")}]

@@ -10,8 +10,8 @@ import pytest
 from scipy import stats
 from scipy.special import betaln
 
-from bench.sampling import sample_until_sure
-from bench.sequential import (
+from bench.analysis.sampling import sample_until_sure
+from bench.analysis.sequential import (
     MIN_PAIRS,
     Outcome,
     decide,

@@ -27,8 +27,8 @@ def compare_cmd(
     ] = False,
 ) -> None:
     """Per model and metric: baseline, candidate, ratio with 95% CI, Mann-Whitney p-value, load status."""
-    from bench import render
-    from bench.compare import compare
+    from bench.analysis.compare import compare
+    from bench.report import render
     from bench.store.db import open_store
 
     check_format(fmt, ("table", "json", "markdown", "csv"))
@@ -86,8 +86,8 @@ def gate_cmd(
     budget_s: Annotated[float, typer.Option("--budget-s", help="time --measure may spend adding rounds")] = 600.0,
 ) -> None:
     """Release verdict: exit 0 pass, 1 fail (regression shown), 3 inconclusive (not shown either way), 2 usage error."""
-    from bench.gate import junit, markdown, to_json, write_step_summary
-    from bench.sampling import gate_until_sure
+    from bench.analysis.gate import junit, markdown, to_json, write_step_summary
+    from bench.analysis.sampling import gate_until_sure
     from bench.store.db import open_store
 
     check_format(fmt, ("markdown", "json"))

@@ -31,7 +31,16 @@ def bisect_cmd(
 ) -> None:
     """Build each midpoint (cached), measure it against the good build, judge it by the gate's rule: exit 0 with
     the first bad commit, 3 when skipped commits or --max-steps leave several candidates."""
-    from bench.bisection import BisectOracle, Commit, Step, bisect_id, check_metric, commit_range, search, stored_steps
+    from bench.analysis.bisection import (
+        BisectOracle,
+        Commit,
+        Step,
+        bisect_id,
+        check_metric,
+        commit_range,
+        search,
+        stored_steps,
+    )
     from bench.config import load_config
     from bench.machine import collect
     from bench.runlock import lock_path, run_lock

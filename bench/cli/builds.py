@@ -26,9 +26,9 @@ def build_cmd(
     """Build what is missing from each build's `source` (git ref, tree, sdist or pip release), cached by key."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-    from bench import render
     from bench.builds.cache import ensure_built
     from bench.config import load_config
+    from bench.report import render
 
     cfg = load_config(config)
     known = {b.name: b for b in cfg.builds}
@@ -81,9 +81,9 @@ def builds_list(
     """List cached builds: key, source, ref → commit, system, args, size, build seconds, last used."""
     if ctx.invoked_subcommand is not None:
         return
-    from bench import render
     from bench.builds.cache import cache_root, list_cache
     from bench.config import load_config
+    from bench.report import render
 
     check_format(fmt, ("table", "json"))
     cfg = load_config(config, check_files=False) if config.exists() or config != DEFAULT_CONFIG else None

@@ -19,7 +19,7 @@ def _display(frame: pd.DataFrame) -> pd.DataFrame:
     """Change points for people: what changed, between which builds, commits and runs."""
     import pandas as pd
 
-    from bench import render
+    from bench.report import render
 
     def change(r: pd.Series) -> str:
         if r["kind"] == "status":
@@ -67,8 +67,8 @@ def changes_cmd(
     fmt: Annotated[str, typer.Option("--format", "-f", help="table|json")] = "table",
 ) -> None:
     """Where each build line's nightly series shifted, and where its load status changed (stored)."""
-    from bench import render
-    from bench.changes import refresh
+    from bench.analysis.changes import refresh
+    from bench.report import render
     from bench.store.changes import change_points_frame, mark_reported
     from bench.store.db import open_store
 

@@ -28,9 +28,9 @@ def run(
     wait: Annotated[bool, typer.Option("--wait", help="wait for another run on this machine to end")] = False,
 ) -> None:
     """Measure every build × model of the config into the store."""
-    from bench import render
     from bench.config import load_config
     from bench.machine import collect
+    from bench.report import render
     from bench.runlock import lock_path, run_lock
     from bench.runner import run_matrix
     from bench.store.db import open_store
@@ -63,7 +63,7 @@ def results(
     logs: Annotated[bool, typer.Option("--logs", help="include each result's load log (json/csv)")] = False,
 ) -> None:
     """Show stored results."""
-    from bench import render
+    from bench.report import render
     from bench.store.db import open_store
     from bench.store.queries import attach_logs, results_frame, run_or_latest
 
@@ -84,7 +84,7 @@ def results(
 @app.command()
 def runs(db: DbOption = None, fmt: FormatOption = "table") -> None:
     """List runs."""
-    from bench import render
+    from bench.report import render
     from bench.store.db import open_store
     from bench.store.queries import runs_frame
 

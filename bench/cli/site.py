@@ -32,8 +32,8 @@ def dashboard(
 ) -> None:
     """Build the static HTML dashboard from the store (only the pages a new run touches are rewritten)."""
     from bench.config import load_gate
-    from bench.dashboard import build_site
-    from bench.site.output import check_out
+    from bench.report.dashboard import build_site
+    from bench.report.site.output import check_out
     from bench.store.db import open_store
 
     check_out(out)  # before the store: a refused folder is the first thing to hear about

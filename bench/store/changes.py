@@ -65,7 +65,7 @@ def machine_fingerprints(session: Session, machine: str | None) -> list[str] | N
 
 
 def series_frame(session: Session, *, machine: str | None = None, model: str | None = None) -> pd.DataFrame:
-    """One row per stored result, in `bench.changes.POINT_COLUMNS`: the points of every build line.
+    """One row per stored result, in `bench.analysis.changes.POINT_COLUMNS`: the points of every build line.
 
     A point's time is when its run finished (when it started, for a run that never finished)."""
     run_at = func.coalesce(Run.finished_at, Run.started_at)
@@ -107,7 +107,7 @@ def store_changes(
     session: Session, lines: Iterable[tuple[str, str, str]], found: Iterable[Any], reference: str | None = None
 ) -> int:
     """Make the stored change points of `lines` (machine fingerprint, build, model), found against
-    `reference`, exactly `found` (bench.changes.DetectedChange records); keep when each was first detected
+    `reference`, exactly `found` (bench.analysis.changes.DetectedChange records); keep when each was first detected
     and reported. Returns how many were new. Idempotent: a second call with the same series changes nothing."""
     machine_ids = dict(session.execute(select(Machine.fingerprint, Machine.id)).all())
     ref = reference or ""

@@ -161,7 +161,7 @@ class ResultLog(Base):
 
 class ChangePoint(Base):
     """Where one build line (machine × build name × model) changed between two successive runs: a shift of
-    a metric (kind "shift") or of load status (kind "status", metric "status"). Written by bench.changes."""
+    a metric (kind "shift") or of load status (kind "status", metric "status"). Written by bench.analysis.changes."""
 
     __tablename__ = "change_points"
     __table_args__ = (

@@ -1,6 +1,6 @@
 """Measure until sure: the one loop that adds ABBA rounds until a verdict is conclusive or the budget is spent,
 used by `bench gate --measure` and by bisect (same repetitions per round, same run lock). The statistics it
-reads are `bench.sequential`'s; this module is the orchestration around them."""
+reads are `bench.analysis.sequential`'s; this module is the orchestration around them."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
+    from bench.analysis.gate import Verdict
     from bench.config import BuildConfig, Config, ModelConfig
-    from bench.gate import Verdict
     from bench.store.db import Store
 
 V = TypeVar("V")
@@ -97,10 +97,10 @@ def gate_until_sure(
 ) -> tuple[Verdict, list[Look]]:
     """The verdict; with a budget, after adding ABBA rounds (run through the ordinary runner, stored as ordinary
     results) for the models whose checks are inconclusive, until each is conclusive or the budget is spent."""
-    from bench.compare import compare, parse_ref
+    from bench.analysis.compare import compare, parse_ref
+    from bench.analysis.gate import evaluate
     from bench.config import DEFAULT_CONFIG, load_config, load_gate
     from bench.errors import ConfigError
-    from bench.gate import evaluate
 
     cfg = load_config(config_path, check_files=budget_s is not None) if config_path.exists() else None
     if cfg is None and (budget_s is not None or config_path != DEFAULT_CONFIG):

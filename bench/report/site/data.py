@@ -1,7 +1,8 @@
 """Data: the store → plain frames and the policy of what the site shows (which pairs, which baseline).
 
 Everything here is a pure function of the stored results and the `dashboard` config section. Which results
-stand for a build is bench.store.standing's one rule; statistics come from bench.compare and bench.gate.
+stand for a build is bench.store.standing's one rule; statistics come from bench.analysis.compare and
+bench.analysis.gate.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from sqlalchemy.orm import Session
 
 from bench.config import DashboardConfig, GateConfig
 from bench.metrics import METRICS, Status
-from bench.render import missing
-from bench.site.roofline import machine_bandwidth_gbs
+from bench.report.render import missing
+from bench.report.site.roofline import machine_bandwidth_gbs
 from bench.store.queries import builds_frame, machines_frame, results_frame, runs_frame
 from bench.store.standing import standing
 

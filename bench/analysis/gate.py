@@ -1,7 +1,7 @@
 """The release verdict: every model that loaded before still loads ok, and every gated metric is *shown* to
 be within its threshold.
 
-Each check ends in one of three outcomes (bench.sequential.Outcome): pass — the confidence sequence of the
+Each check ends in one of three outcomes (bench.analysis.sequential.Outcome): pass — the confidence sequence of the
 change lies wholly on the good side of the threshold; fail — wholly beyond it (or a model that loaded on the
 baseline is not ok on the candidate); inconclusive — neither, because the samples at hand cannot tell. A
 single load time is `reported`, not gated. The verdict is the worst check.
@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from bench.compare import Comparison
+from bench.analysis.compare import Comparison
+from bench.analysis.sequential import MIN_PAIRS, Decision, Outcome, decide, first_bounded, worst
 from bench.config import GateConfig
 from bench.escape import json_text, markdown_text, xml_text
 from bench.metrics import METRICS, Status
-from bench.render import missing
-from bench.sequential import MIN_PAIRS, Decision, Outcome, decide, first_bounded, worst
+from bench.report.render import missing
 
 EXIT_CODES = {Outcome.PASS: 0, Outcome.FAIL: 1, Outcome.INCONCLUSIVE: 3}
 # peak memory repeats to within a fraction of a percent: one value a side is judged on the threshold alone

@@ -183,11 +183,11 @@ class BisectOracle:
         return Step(commit, mark, evidence, (run_id,))
 
     def _judge_metric(self, commit: Commit, cand: BuildConfig) -> Step:
-        from bench.compare import compare
+        from bench.analysis.compare import compare
+        from bench.analysis.gate import evaluate
+        from bench.analysis.sampling import abba_round, sample_until_sure
+        from bench.analysis.sequential import Outcome
         from bench.errors import NoResults
-        from bench.gate import evaluate
-        from bench.sampling import abba_round, sample_until_sure
-        from bench.sequential import Outcome
 
         runs: list[int] = []
         gate = self.config.gate_settings()

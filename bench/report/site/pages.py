@@ -27,17 +27,17 @@ import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy.orm import Session
 
-from bench import render
-from bench.compare import Comparison, Side, compare_frames
+from bench.analysis.compare import Comparison, Side, compare_frames
+from bench.analysis.gate import Verdict, evaluate
 from bench.config import DashboardConfig, GateConfig
 from bench.escape import json_text as escaped_json
 from bench.escape import visible_value
-from bench.gate import Verdict, evaluate
 from bench.metrics import METRICS, Status
 from bench.package_data import data_dir
-from bench.site import data as site_data
-from bench.site.data import Pair, SiteData
-from bench.site.output import SiteOutput, content_key, file_key
+from bench.report import render
+from bench.report.site import data as site_data
+from bench.report.site.data import Pair, SiteData
+from bench.report.site.output import SiteOutput, content_key, file_key
 from bench.store.predictions import PREDICTED_SOURCE
 from bench.store.queries import RESULT_COLUMNS, all_logs, attach_logs, results_frame, with_samples
 from bench.store.standing import standing
@@ -53,7 +53,7 @@ class SiteReport:
     written: int  # files written by this build (the rest were unchanged and kept)
     bytes_total: int
     seconds: float
-    compare_s: float = 0.0  # of all processes' time, how much went to bench.compare and bench.gate
+    compare_s: float = 0.0  # of all processes' time, how much went to bench.analysis.compare and bench.analysis.gate
 
 
 @functools.cache
@@ -63,7 +63,7 @@ def _code_version(*modules: str) -> str:
     digest = hashlib.sha256()
     here = Path(__file__).resolve().parent
     sources = [*sorted(TEMPLATES.iterdir()), *sorted(here.glob("*.py"))]
-    sources += [here.parent / name for name in modules]
+    sources += [here.parents[1] / name for name in modules]  # relative to bench/
     for path in sources:
         if path.is_file():
             digest.update(path.name.encode() + path.read_bytes())
@@ -140,8 +140,8 @@ class Builder:
         self.session, self.data, self.out = session, data, out
         self.env = environment()
         self.version = _code_version("metrics.py")
-        # comparison pages also show what bench.compare and bench.gate computed
-        self.verdict_version = _code_version("metrics.py", "compare.py", "gate.py")
+        # comparison pages also show what bench.analysis.compare and bench.analysis.gate computed
+        self.verdict_version = _code_version("metrics.py", "analysis/compare.py", "analysis/gate.py")
         res = data.results
         # what makes a result's page content change (plain str(): pandas' astype(str) keeps missing values missing)
         rkeys = [

@@ -1,7 +1,7 @@
 """The store → a static site (asv-style: a pure function of stored results, rebuildable any time).
 
-bench.site.data reads the store and decides what to compare, bench.site.pages writes the pages and the
-JSON the charts read, bench.site.output keeps the site's folder safe. This module is the one entry point.
+bench.report.site.data reads the store and decides what to compare, bench.report.site.pages writes the pages and the
+JSON the charts read, bench.report.site.output keeps the site's folder safe. This module is the one entry point.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.config import DashboardConfig, GateConfig
-from bench.site.pages import SiteReport, build
+from bench.report.site.pages import SiteReport, build
 from bench.store.db import Store
 
 __all__ = ["SiteReport", "build_site"]

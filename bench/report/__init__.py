@@ -1,0 +1,1 @@
+"""How results are shown: tables and text (render), the dashboard (site) and its entry point (dashboard)."""
