@@ -99,6 +99,18 @@ def _config(tmp_path: Path, builds: list[dict[str, Any]], cache: Path, model: Pa
     return build_config(tmp_path, [{"name": "tiny", "path": str(model)}], builds, cache, **suite)
 
 
+def _run_statuses(cfg: Path, db: Path, tmp_path: Path) -> dict[str, str]:
+    """`bench run` of the config into `db`; each build's "status|reason"."""
+    env = {"PERFGATE_RUN_LOCK": str(tmp_path / "run.lock")}
+    run = bench_cli("run", "--config", str(cfg), "--db", str(db), "--quiet", env=env, timeout=3600)
+    assert run.returncode == 0, run.stderr
+    with sqlite3.connect(db) as con:
+        query = (
+            "select b.name, r.status || '|' || coalesce(r.reason, '') from results r join builds b on b.id = r.build_id"
+        )
+        return dict(con.execute(query).fetchall())
+
+
 def test_two_refs_are_two_keys_and_the_same_ref_again_is_a_cache_hit(
     llama_repo: dict[str, Any], build_cache: Path, models_dir: Path, tmp_path: Path
 ) -> None:
@@ -139,15 +151,8 @@ def test_stale_duplicate_source_fails_to_link_is_recorded_and_the_next_commit_bu
     ]
     cfg = _config(tmp_path, builds, build_cache, models_dir / "tiny-Q4_0.gguf")
     db = tmp_path / "b.sqlite"
-    env = {"PERFGATE_RUN_LOCK": str(tmp_path / "run.lock")}
-    run = bench_cli("run", "--config", str(cfg), "--db", str(db), "--quiet", env=env, timeout=3600)
-    assert run.returncode == 0, run.stderr
+    rows = _run_statuses(cfg, db, tmp_path)
     with sqlite3.connect(db) as con:
-        rows = dict(
-            con.execute(
-                "select b.name, r.status || '|' || r.reason from results r join builds b on b.id = r.build_id"
-            ).fetchall()
-        )
         log = con.execute(
             "select l.text from result_logs l join results r on r.id = l.result_id "
             "join builds b on b.id = r.build_id where b.name = 'stale'"
@@ -264,16 +269,8 @@ def test_the_worker_runs_on_another_builds_libllama_by_name(
     ]
     cfg = _config(tmp_path, builds, build_cache, models_dir / "tiny-Q4_0.gguf")
     db = tmp_path / "w.sqlite"
-    env = {"PERFGATE_RUN_LOCK": str(tmp_path / "run.lock")}
-    run = bench_cli("run", "--config", str(cfg), "--db", str(db), "--quiet", env=env, timeout=3600)
-    assert run.returncode == 0, run.stderr
+    rows = _run_statuses(cfg, db, tmp_path)
     with sqlite3.connect(db) as con:
-        rows = dict(
-            con.execute(
-                "select b.name, r.status || '|' || coalesce(r.reason, '') from results r "
-                "join builds b on b.id = r.build_id"
-            ).fetchall()
-        )
         details = json.loads(con.execute("select details from builds where name = 'v1-worker'").fetchone()[0])
     assert rows["v1"].startswith("ok|") and rows["v1-worker"].startswith("ok|"), rows
     assert details["library_of"] == "v1" and details["source"]["ref"] == "v1", details

@@ -62,26 +62,24 @@ def sample_until_sure(
 
     start = clock()
     looks: list[Look] = []
-    last_round_s = 0.0
+
+    def measure(models: list[str]) -> V:
+        t0 = clock()
+        run_id = add_round(models)
+        looks.append(Look(tuple(models), run_id, clock() - t0))
+        return judge()
+
     try:
         verdict = judge()
     except NoResults:
         if first_round is None:
             raise
-        t0 = clock()
-        run_id = add_round(first_round)
-        last_round_s = clock() - t0
-        looks.append(Look(tuple(first_round), run_id, last_round_s))
-        verdict = judge()
+        verdict = measure(first_round)
     while open_now := open_models(verdict):
-        elapsed = clock() - start
-        if elapsed + last_round_s > budget_s:
+        last_round_s = looks[-1].seconds if looks else 0.0
+        if clock() - start + last_round_s > budget_s:
             break
-        t0 = clock()
-        run_id = add_round(open_now)
-        last_round_s = clock() - t0
-        looks.append(Look(tuple(open_now), run_id, last_round_s))
-        verdict = judge()
+        verdict = measure(open_now)
     return verdict, looks
 
 
