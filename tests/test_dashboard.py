@@ -480,7 +480,7 @@ def test_wheel_installs_and_runs_every_command(
         [
             str(venv / "bin" / "python"),
             "-c",
-            "import bench.store.db as d, bench.report.site.pages as p; print(d.MIGRATIONS, p.TEMPLATES)",
+            "import bench.store.db as d, bench.report.site.common as p; print(d.MIGRATIONS, p.TEMPLATES)",
         ],
         cwd=work,
         capture_output=True,

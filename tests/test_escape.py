@@ -24,7 +24,7 @@ from bench.analysis.sequential import Outcome
 from bench.cli.app import console
 from bench.escape import visible
 from bench.report import render
-from bench.report.site.pages import environment, json_text
+from bench.report.site.common import environment, json_text
 from tests.conftest import HOSTILE_NAMES, REPO
 
 # what must never reach a report raw (bench.escape's rules, written again here so a mistake there shows)

@@ -1,0 +1,162 @@
+"""Run pages: every result of one run, its load matrix, builds and machine."""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import pandas as pd
+
+from bench.report import render
+from bench.report.site.output import content_key
+from bench.report.site.state import BuilderState
+from bench.store.predictions import PREDICTED_SOURCE
+from bench.store.queries import RESULT_COLUMNS
+
+
+class RunPages(BuilderState):
+    def run_key(self, run_id: int, result_keys: str) -> str:
+        run = self.run_rows[run_id]
+        return content_key(
+            self.version,
+            run_id,
+            str(run["status"]),
+            str(run["finished_at"]),
+            run["settings"],
+            result_keys,
+            self.run_bandwidth.get(run_id),
+        )
+
+    def prepare_runs(self, frame: pd.DataFrame) -> None:
+        """What the run pages of `frame`'s runs show, split per run once: a worker then formats no frame, and
+        rows with attributes let the template read `r.build` without a failed getattr on a dict first."""
+        self.run_frames = {int(r): g for r, g in frame.groupby("run_id", sort=True)}
+        rows = [_RunRow(*t) for t in zip(*(frame[c].tolist() for c in _RUN_ROW), strict=True)]
+        self.run_results = {}
+        for run_id, row in zip(frame["run_id"].tolist(), rows, strict=True):
+            self.run_results.setdefault(int(run_id), []).append(row)
+
+    def builds_shown(self, names: frozenset[str]) -> list[dict[str, Any]]:
+        if names not in self.builds_of:
+            found = self.data.builds
+            self.builds_of[names] = render.records(found[found["name"].isin(names)] if len(found) else found)
+        return self.builds_of[names]
+
+    def run_page(self, run_id: int, key: str, links: dict[str, str]) -> None:
+        res = self.run_frames[run_id]
+        run = self.runs_by_id.iloc[self.runs_by_id.index.get_loc(run_id)]
+        machine = self.machine_series[run["machine_fingerprint"]]
+        self.out.write(
+            f"data/run-{run_id}.json",
+            res[[*RESULT_COLUMNS, "log", "tg_roofline_pct"]].to_json(orient="records", date_format="iso"),
+            key,
+        )
+        self.render(
+            f"run/{run_id}.html",
+            "run.html.j2",
+            key,
+            run=run,
+            run_id=run_id,
+            results=self.run_results[run_id],
+            builds=self.builds_shown(frozenset(res["build"])),
+            machine=machine,
+            load_matrix=matrix(res),
+            predicted=run["source"] == PREDICTED_SOURCE,
+            links=links,
+            title=f"perfgate — run {run_id} ({run['machine']}, {run['started_at']})",
+            data=f"data/run-{run_id}.json",
+        )
+
+
+def matrix(res: pd.DataFrame) -> dict[str, Any]:
+    """Builds × models of a set of results (the newest result of a cell wins)."""
+    builds = list(dict.fromkeys(res["build"]))
+    models = list(dict.fromkeys(res["model"]))
+    cells = {}
+    sources = res["source"].tolist() if "source" in res else [None] * len(res)
+    for build, model, status, reason, done, total, source in zip(
+        res["build"].tolist(),
+        res["model"].tolist(),
+        res["status"].tolist(),
+        res["reason"].tolist(),
+        res["layers_offloaded"].tolist(),
+        res["layers_total"].tolist(),
+        sources,
+        strict=True,
+    ):
+        offload = None if render.missing(total) else f"{done}/{total}"
+        cells[(build, model)] = {
+            "status": status,
+            "reason": reason or "",
+            # `bench metal-check --record`: a status predicted from the build's tree and recipe, not loaded
+            "offload": "predicted" if source == PREDICTED_SOURCE else offload,
+        }
+    return {"builds": builds, "models": models, "grid": [[cells.get((b, m)) for m in models] for b in builds]}
+
+
+# what a run page's rows show: plain values, formatted once for all runs being written
+_RUN_ROW = [
+    "build",
+    "model",
+    "file_txt",
+    "status",
+    "reason",
+    "layers_txt",
+    "backend",
+    "load_txt",
+    "pp_txt",
+    "tg_txt",
+    "tg_roofline_pct",
+    "buffers_txt",
+    "rss_txt",
+    "gpu_txt",
+    "exit_txt",
+    "n_prompt",
+    "n_gen",
+    "samples_pp_ns",
+    "samples_tg_ns",
+    "log",
+]
+
+
+def display_columns(frame: pd.DataFrame) -> dict[str, list[str]]:
+    def col(name: str) -> list[Any]:
+        return frame[name].tolist()
+
+    # sizes repeat across runs (one model file, its buffers): each distinct value is formatted once
+    human: dict[Any, str] = {}
+
+    def size(value: Any) -> str:
+        try:
+            return human[value]
+        except KeyError:
+            text = human[value] = render.human_bytes(value)
+            return text
+        except TypeError:  # unhashable
+            return render.human_bytes(value)
+
+    return {
+        "layers_txt": [
+            ("–" if render.missing(t) else f"{o}/{t}")
+            for o, t in zip(col("layers_offloaded"), col("layers_total"), strict=True)
+        ],
+        "pp_txt": [render.fmt_ts(m, s) for m, s in zip(col("pp_ts"), col("pp_ts_std"), strict=True)],
+        "tg_txt": [render.fmt_ts(m, s) for m, s in zip(col("tg_ts"), col("tg_ts_std"), strict=True)],
+        "buffers_txt": [
+            " / ".join(size(v) for v in vs)
+            for vs in zip(col("model_buf_bytes"), col("kv_bytes"), col("compute_bytes"), strict=True)
+        ],
+        "rss_txt": [size(v) for v in col("rss_peak_bytes")],
+        "gpu_txt": [
+            f"{size(u)} / {size(b)}" for u, b in zip(col("gpu_used_bytes"), col("device_budget_bytes"), strict=True)
+        ],
+        "file_txt": [size(v) for v in col("model_bytes")],
+        "load_txt": ["–" if render.missing(v) else f"{v:.3f}" for v in col("load_s")],
+        "exit_txt": [
+            " ".join(str(x) for x in (e, g) if not render.missing(x))
+            for e, g in zip(col("exit_code"), col("signal"), strict=True)
+        ],
+    }
+
+
+_RunRow = collections.namedtuple("_RunRow", _RUN_ROW)  # type: ignore[misc]
