@@ -11,7 +11,12 @@
 #   benchmarks/gpu_e2e.sh size 7B [13B…]   # per size: synth, gate --measure, run, gates, delete the model
 #   benchmarks/gpu_e2e.sh kobold 7B        # KoboldCPP v1.60.1 vs v1.61 (--usecublas) built from their tags, gated
 #   benchmarks/gpu_e2e.sh report           # results, builds, verdicts, timings and the dashboard into $OUT
+#   benchmarks/gpu_e2e.sh chain STEP…      # the steps in the background (setsid: they outlive the call), one after
+#                                          # another, e.g. `chain build:70B size:70B size:34B report kobold:7B report`
+#   benchmarks/gpu_e2e.sh follow [WAIT_S]  # wait for the chain (or WAIT_S), print its log, bring back what it wrote
 #
+# A device call lasts 10 minutes and the machine goes back 30 s after a call ends: `chain` keeps the GPU busy
+# between calls, and each `follow` call holds the machine while it works. E2E_SM80=0 leaves out the sm_80 build.
 # Carried (git-ignored) inputs, made by benchmarks/prepare_gpu_carry.sh: .gpu/llama.cpp.git (tags v0.3.35,
 # v0.3.36), .gpu/whl (perfgate's dependencies for the GPU image's Python), .gpu/py/llama_cpp (the bindings);
 # optionally .gpu/koboldcpp.git (tags v1.60.1, v1.61). E2E_BACKEND=cpu rehearses the same stages on a machine
@@ -22,6 +27,8 @@ REPO=$PWD
 E2E=${E2E:-/root/perfgate-e2e}
 OUT=${OUT:-$E2E/out}
 BACKEND=${E2E_BACKEND:-cuda}
+SM80=${E2E_SM80:-1}
+[ "$BACKEND" = cuda ] || SM80=0
 LLAMA_GIT=${E2E_LLAMA_GIT:-$REPO/.gpu/llama.cpp.git}
 KOBOLD_GIT=${E2E_KOBOLD_GIT:-$REPO/.gpu/koboldcpp.git}
 BASE=${E2E_BASE:-v0.3.35}
@@ -67,7 +74,7 @@ builds:
   - {name: lcpp-${CAND#v}, engine: llama-bench, source: {git: $LLAMA_GIT, ref: $CAND}, cmake_args: $cmake}
   - {name: lcp-${CAND#v}, library_of: lcpp-${CAND#v}}
 EOF
-  if [ "$BACKEND" = cuda ]; then
+  if [ "$SM80" = 1 ]; then
     echo "  - {name: lcpp-${CAND#v}-sm80, engine: llama-bench, source: {git: $LLAMA_GIT, ref: $CAND},
       cmake_args: [$common, -DCMAKE_CUDA_ARCHITECTURES=80-real]}"
   fi
@@ -101,7 +108,7 @@ print(yaml.safe_dump({k: v for k, v in doc.items()}, sort_keys=False))' "$@"
 build() {
   { echo "models: [{name: none, synth: {shape: tiny}}]"; config; } >"$E2E/all.yaml"
   local llama="lcpp-${CAND#v} lcpp-${BASE#v}"
-  [ "$BACKEND" = cuda ] && llama="$llama lcpp-${CAND#v}-sm80"
+  [ "$SM80" = 1 ] && llama="$llama lcpp-${CAND#v}-sm80"
   # llama.cpp and KoboldCPP build side by side; each `bench build` builds its list in order, most needed first
   setsid nohup bash -c "t0=\$SECONDS; $PY -m bench build --config $E2E/all.yaml $llama; echo \"exit \$? \$((SECONDS-t0)) s\" >$E2E/build-llama.done" \
     >"$E2E/build-llama.log" 2>&1 </dev/null &
@@ -165,11 +172,11 @@ size() {
     head -12 "$E2E/gate-$size.md"
     others=("$cand")
     [ "${E2E_WORKER:-1}" = 1 ] && others+=("lcp-${CAND#v}")
-    [ "$BACKEND" = cuda ] && others+=("$cand-sm80")
+    [ "$SM80" = 1 ] && others+=("$cand-sm80")
     local rest
     rest=$(sized "$size" "${others[@]}")
     timed "$size" run bench run --config "$rest" --interleave --rounds "${E2E_ROUNDS:-2}" --quiet
-    if [ "$BACKEND" = cuda ]; then
+    if [ "$SM80" = 1 ]; then
       timed "$size" sm80_gate bench gate --baseline "$cand" --candidate "$cand-sm80" --config "$rest" \
         --json "$E2E/gate-sm80-$size.json" --summary "$E2E/gate-sm80-$size.md" >/dev/null
       head -8 "$E2E/gate-sm80-$size.md"
@@ -230,10 +237,35 @@ report() {
   ls -la "$OUT"
 }
 
+chain() {  # chain STEP...: STEP is stage[:arg,arg] or VAR=value (for the steps after it); detached, logged
+  rm -f "$E2E/chain.done"
+  E2E_OUT="$E2E/out" setsid nohup bash -c '
+    for step in "${@:1}"; do
+      case $step in *=*) export "${step?}"; echo "=== $step"; continue ;; esac
+      stage=${step%%:*}; args=${step#"$stage"}; args=${args#:}
+      echo "=== $stage ${args//,/ } (at $(date +%T))"
+      OUT=$E2E_OUT bash "$0" "$stage" ${args//,/ } || echo "=== $stage: exit $?"
+    done
+    echo "=== chain done (at $(date +%T))"; touch "$E2E_OUT/../chain.done"
+  ' "$REPO/benchmarks/gpu_e2e.sh" "$@" >>"$E2E/chain.log" 2>&1 </dev/null &
+  echo "chain started: $*"
+}
+
+follow() {  # wait for the chain, up to WAIT_S; print its log; copy what it wrote into this call's $OUT
+  local limit=${1:-0} start=$SECONDS
+  while [ ! -f "$E2E/chain.done" ] && [ $((SECONDS - start)) -lt "$limit" ]; do sleep 5; done
+  tr '\r' '\n' <"$E2E/chain.log" | grep -v '━' | tail -n "${E2E_TAIL:-80}"
+  [ -f "$E2E/chain.done" ] && echo "chain: done" || echo "chain: running"
+  if [ "$OUT" != "$E2E/out" ] && [ -d "$E2E/out" ]; then cp -r "$E2E/out/." "$OUT/"; fi
+  cp "$E2E/chain.log" "$OUT/" 2>/dev/null || true
+}
+
 stage=${1:?stage}
 shift
-setup
+[ "$stage" = follow ] || setup
 case $stage in
+  chain) chain "$@" ;;
+  follow) follow "${1:-0}" ;;
   setup) ;;
   build) build; synth "${@:2}"; wait_builds "${1:-0}" ;;
   wait) wait_builds "${1:-0}" ;;
