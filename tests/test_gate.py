@@ -213,6 +213,33 @@ def test_measure_on_an_empty_store_measures_a_first_round_before_judging(
     assert code in (0, 3), summary
 
 
+def test_measure_gives_a_config_model_the_store_lacks_a_first_round(
+    models_dir: Path, write_config: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Found on the H100: the builds' last run had measured 34B, so `gate --measure` on a 70B config judged 34B
+    and passed in 3 s without loading 70B. A config model neither side measured gets a first round."""
+    db_url = _measuring_db(tmp_path)
+    builds = [{"name": "A", "python": PYTHON}, {"name": "B", "python": PYTHON}]
+    _interleaved(write_config, models_dir, db_url, builds, rounds=1)  # q4 only
+    runs_before = len(_runs(db_url))
+    write_config(
+        [
+            {"name": "q4", "path": str(models_dir / "tiny-Q4_0.gguf")},
+            {"name": "f16", "path": str(models_dir / "tiny-F16.gguf")},
+        ],
+        builds=builds,
+        repetitions=2,
+        n_prompt=32,
+        n_gen=8,
+    )
+    code, summary, _ = _gate(db_url, tmp_path, "A", "B", "--measure", "--budget-s", "0")
+    runs = _runs(db_url)
+    assert len(runs) == runs_before + 1, runs  # one first round, even past a zero budget
+    assert "1 ABBA round(s) added" in summary and "| f16 | load | pass |" in summary, summary
+    assert "| q4 | load | pass |" in summary, summary  # the round measured every model of the config
+    assert code in (0, 3), summary
+
+
 def test_noisy_but_not_slower_candidate_is_never_failed(
     models_dir: Path, write_config: Callable[..., Path], tmp_path: Path
 ) -> None:

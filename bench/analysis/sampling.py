@@ -98,13 +98,14 @@ def gate_until_sure(
     from bench.analysis.compare import compare, parse_ref
     from bench.analysis.gate import evaluate
     from bench.config import DEFAULT_CONFIG, load_config, load_gate
-    from bench.errors import ConfigError
+    from bench.errors import ConfigError, NoResults
 
     cfg = load_config(config_path, check_files=budget_s is not None) if config_path.exists() else None
     if cfg is None and (budget_s is not None or config_path != DEFAULT_CONFIG):
         raise ConfigError(f"{config_path}: no such config file" + (" (--measure runs its builds)" if budget_s else ""))
     gate = cfg.gate_settings() if cfg else load_gate(config_path)
     added: list[int] = []
+    measurable = {m.name for m in cfg.models} if cfg else set()
 
     def judge() -> Verdict:
         with store.session() as session:
@@ -116,6 +117,13 @@ def gate_until_sure(
                 allow_mixed_settings=allow_mixed_settings,
                 extra_runs=added,
             )
+        if budget_s is not None and not added:
+            # the results that stand for a build may be of other models (the store's last run of it measured
+            # another size): a config model neither side measured gets the first round, not a verdict without it
+            both = {str(r.model) for r in comparison.table.itertuples() if r.baseline_status is not None}
+            both -= {str(r.model) for r in comparison.table.itertuples() if r.candidate_status == "missing"}
+            if unmeasured := sorted(measurable - both):
+                raise NoResults(f"{', '.join(unmeasured)}: not measured by both {baseline} and {candidate} yet")
         # one added round is an AB + BA pair: two pairs of worker processes
         return evaluate(comparison, gate, pairs_per_round=2)
 
@@ -135,7 +143,7 @@ def gate_until_sure(
         added.append(run_id)
         return run_id
 
-    measurable = {m.name for m in cfg.models}  # a model the config does not name cannot get rounds: it stays open
+    # a model the config does not name cannot get rounds: it stays open
 
     def open_models(verdict: Verdict) -> list[str]:
         return [m for m in verdict.open_models() if m in measurable]
