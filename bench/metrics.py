@@ -49,6 +49,9 @@ class Metric:
     samples_column: str | None  # per-repetition samples (ns per test), None for a single value
     default_threshold_pct: float  # allowed change in the bad direction before the gate may fail
     per_process: bool = False  # each sample is its own process (a load): samples are seconds, not t/s
+    # repeats to within a fraction of a percent (peak memory): judged on the threshold alone while too few
+    # pairs for a confidence sequence (one value a side, or 2–5 process pairs on a GPU's slow sizes)
+    exact: bool = False
 
     def worse(self, change_pct: float, threshold_pct: float) -> bool:
         """Is a change (percent) beyond the threshold in this metric's bad direction?"""
@@ -62,7 +65,7 @@ METRICS: dict[str, Metric] = {
         Metric("tg_ts", "generation t/s", "t/s", True, "samples_tg_ns", -3.0),
         # one sample per fresh-process load (suite.load_repetitions, KoboldCPP's process per repetition)
         Metric("load_s", "load time", "s", False, "samples_load_ns", 25.0, per_process=True),
-        Metric("rss_peak_bytes", "peak RSS", "bytes", False, None, 5.0),
+        Metric("rss_peak_bytes", "peak RSS", "bytes", False, None, 5.0, exact=True),
     )
 }
 METRIC_NAMES = tuple(METRICS)
