@@ -539,3 +539,35 @@ def test_a_machine_without_a_gpu_beside_one_with_builds_the_site(tmp_path: Path)
         proc = bench_cli(*args, "--db", db)
         assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "site" / "index.html").exists()
+
+
+def test_site_does_not_judge_a_pair_the_gate_refuses(tmp_path: Path, db_url: str) -> None:
+    """One way to a Comparison: a pair measured with different suite settings is refused by `bench gate` and shown,
+    never judged, by the dashboard (before, the site built its own Comparison and passed it)."""
+    rows = [
+        {
+            "run_id": run,
+            "build": build,
+            "model": "m",
+            "status": "ok",
+            "n_prompt": 512,
+            "n_gen": n_gen,
+            "samples_pp_ns": [5_120_000_000, 5_100_000_000, 5_110_000_000, 5_115_000_000],
+            "samples_tg_ns": [n_gen * 100_000_000, n_gen * 100_100_000, n_gen * 99_900_000, n_gen * 100_050_000],
+            "machine_fingerprint": "f" * 16,
+            "machine": "runner-1",
+            "started_at": f"2026-01-0{run}T00:00:00",
+        }
+        for run, build, n_gen in ((1, "v1.0", 128), (2, "v1.1", 64))
+    ]
+    src = tmp_path / "mixed.json"
+    src.write_text(json.dumps(rows))
+    assert bench_cli("import", str(src), "--format", "perfgate", "--db", db_url).returncode == 0
+    gate = bench_cli("gate", "--baseline", "v1.0", "--candidate", "v1.1", "--db", db_url)
+    assert gate.returncode == 2 and "different suite settings" in gate.stderr, gate.stderr
+    with open_store(db_url) as store:
+        build_site(store, tmp_path / "site", None, DashboardConfig(baseline="v1.0"))
+    shown = json.loads((tmp_path / "site" / "data" / "overview.json").read_text())["machines"][0]["comparisons"]
+    assert [(c["candidate"]["build"], c["verdict"]) for c in shown] == [("v1.1", "inconclusive")], shown
+    page = next((tmp_path / "site" / "compare").glob("*.html")).read_text()
+    assert "not judged" in page and "n_gen 128 → 64" in page, page

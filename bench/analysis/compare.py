@@ -19,7 +19,7 @@ import pandas as pd
 from scipy import stats
 from sqlalchemy.orm import Session
 
-from bench.errors import ConfigError, StoreError
+from bench.errors import ConfigError, MixedSettings, StoreError
 from bench.metrics import METRICS, Status, tokens_per_s
 from bench.store.annotations import engines_of
 from bench.store.queries import results_frame, runs_frame
@@ -348,25 +348,54 @@ def compare(
     runs = runs_frame(session)
     settings_of = {int(r): s for r, s in zip(runs["run_id"], runs["settings"], strict=True)}
     extra = tuple(extra_runs)
-    base = _with_rounds(_pool(session, baseline, baseline_ref, extra, settings_of), settings_of)
-    cand = _with_rounds(_pool(session, candidate, candidate_ref, extra, settings_of), settings_of)
+    predicted, on_metal = _predictions(session, baseline, candidate)
+    return build_comparison(
+        baseline,
+        candidate,
+        _pool(session, baseline, baseline_ref, extra, settings_of),
+        _pool(session, candidate, candidate_ref, extra, settings_of),
+        settings_of,
+        (engines_of(session, baseline.result_ids), engines_of(session, candidate.result_ids)),
+        allow_mixed_settings=allow_mixed_settings,
+        ci=ci,
+        predicted=predicted,
+        measured_on_metal=on_metal,
+    )
+
+
+def build_comparison(
+    baseline: Side,
+    candidate: Side,
+    base: pd.DataFrame,
+    cand: pd.DataFrame,
+    settings_of: dict[int, dict[str, Any]],
+    engines: tuple[str, str],
+    *,
+    allow_mixed_settings: bool = False,
+    ci: bool = True,
+    predicted: tuple[dict[str, Any], dict[str, Any]] = ({}, {}),
+    measured_on_metal: bool = False,
+) -> Comparison:
+    """The one way to a Comparison (`bench compare`, the gate, bisect and the dashboard's pages): each result's
+    processes per sample from its run's settings, the suite settings of both sides checked (a pair measured
+    with different settings is refused unless allowed), the engines named (a cross-engine pair is labelled)."""
+    base, cand = _with_rounds(base, settings_of), _with_rounds(cand, settings_of)
     mixed = _mixed_settings(base, cand, baseline, candidate, settings_of)
     if mixed and not allow_mixed_settings:
-        raise ConfigError(
+        raise MixedSettings(
             f"baseline {baseline.label} and candidate {candidate.label} were measured with different suite "
             f"settings ({'; '.join(mixed)}): their numbers do not compare; pass --allow-mixed-settings to compare"
         )
-    predicted, on_metal = _predictions(session, baseline, candidate)
     return Comparison(
         baseline,
         candidate,
-        cross,
+        baseline.machine_fingerprint != candidate.machine_fingerprint,
         compare_frames(base, cand, ci=ci),
         tuple(mixed),
         (tuple(sorted({int(r) for r in base["run_id"]})), tuple(sorted({int(r) for r in cand["run_id"]}))),
-        (engines_of(session, baseline.result_ids), engines_of(session, candidate.result_ids)),
+        engines,
         predicted,
-        on_metal,
+        measured_on_metal,
     )
 
 

@@ -3,6 +3,7 @@ build_commit, backends, gpu_info), and what a run was for (a bisect step's commi
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import select
@@ -41,5 +42,13 @@ def engines_of(session: Session, result_ids: tuple[int, ...]) -> str:
     rows = session.execute(
         select(Build.details).join(Result, Result.build_id == Build.id).where(Result.id.in_(result_ids))
     ).scalars()
-    found = {(d or {}).get("engine") or (d or {}).get("tool") or "llama-cpp-python" for d in rows}
-    return "+".join(sorted(found))
+    return engines_label(engine_of(d) for d in rows)
+
+
+def engine_of(details: dict[str, Any] | None) -> str:
+    """A build's engine, from its stored details."""
+    return (details or {}).get("engine") or (details or {}).get("tool") or "llama-cpp-python"
+
+
+def engines_label(engines: Iterable[str]) -> str:
+    return "+".join(sorted(set(engines)))

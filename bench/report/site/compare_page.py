@@ -9,14 +9,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench.analysis.compare import Comparison, Side, compare_frames
-from bench.analysis.gate import Verdict, evaluate
+from bench.analysis.compare import Side, build_comparison
+from bench.analysis.gate import Check, Verdict, evaluate
+from bench.analysis.sequential import Outcome
+from bench.errors import MixedSettings
 from bench.report import render
 from bench.report.site import data as site_data
 from bench.report.site.common import check_outcome, data_script, json_text, plain, verdict_outcome
 from bench.report.site.data import Pair
 from bench.report.site.output import content_key, file_key
 from bench.report.site.state import BuilderState
+from bench.store.annotations import engines_label
 
 
 class ComparePages(BuilderState):
@@ -64,9 +67,26 @@ class ComparePages(BuilderState):
                 (pair.candidate, pair.candidate_ids, pair.candidate_runs),
             )
         ]
-        # nightly against nightly: ratios and tests; the bootstrap CIs are for the gate's own pairs
-        table = compare_frames(base, cand, ci=pair.kind == "baseline")
-        return evaluate(Comparison(sides[0], sides[1], False, table), self.data.gate)
+        engines = (self.engines_of(pair.baseline_ids), self.engines_of(pair.candidate_ids))
+        # the comparison `bench compare` and `bench gate` build: a pair they refuse is shown, never judged
+        # (nightly against nightly: ratios and tests; the bootstrap CIs are for the gate's own pairs)
+        ci = pair.kind == "baseline"
+        try:
+            comparison = build_comparison(sides[0], sides[1], base, cand, self.settings_of, engines, ci=ci)
+        except MixedSettings as refused:
+            comparison = build_comparison(
+                sides[0], sides[1], base, cand, self.settings_of, engines, ci=ci, allow_mixed_settings=True
+            )
+            return Verdict(comparison, [Check("all", "settings", Outcome.INCONCLUSIVE, f"not judged: {refused}")])
+        return evaluate(comparison, self.data.gate)
+
+    def engines_of(self, ids: tuple[int, ...]) -> str:
+        """The engine(s) behind a side's results, by the rule `bench compare` reads from the store."""
+        assert self.samples is not None
+        rows = self.samples.loc[list(ids), ["build", "build_sha"]]
+        return engines_label(
+            self.engine[k] for k in zip(rows["build"].tolist(), rows["build_sha"].tolist(), strict=True)
+        )
 
     def compare_page(self, pair: Pair, verdict: Verdict, key: str) -> dict[str, Any]:
         rel = self.pair_rel(pair)

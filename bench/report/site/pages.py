@@ -32,6 +32,7 @@ from bench.report.site.history_page import HistoryPages
 from bench.report.site.output import SiteOutput
 from bench.report.site.overview import history_index, overview
 from bench.report.site.run_page import RunPages, display_columns
+from bench.store.annotations import engine_of
 from bench.store.queries import all_logs, attach_logs, results_frame, with_samples
 from bench.store.standing import standing
 
@@ -72,6 +73,11 @@ class Builder(ComparePages, RunPages, HistoryPages):
         self.standing = standing(res)
         self.gate_key = data.gate.model_dump(mode="json")
         self.hosts = dict(zip(data.machines["fingerprint"], data.machines["hostname"], strict=True))
+        self.settings_of = {int(r): st for r, st in zip(data.runs["run_id"], data.runs["settings"], strict=True)}
+        self.engine = {
+            (str(n), str(sha)): engine_of(d)
+            for n, sha, d in zip(data.builds["name"], data.builds["identity_sha"], data.builds["details"], strict=True)
+        }
         self.samples: pd.DataFrame | None = None
         self.narrow = pd.DataFrame()
         self.compare_s = 0.0

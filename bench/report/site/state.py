@@ -27,6 +27,8 @@ class BuilderState:
     standing: pd.DataFrame
     gate_key: dict[str, Any]
     hosts: dict[str, str]
+    settings_of: dict[int, dict[str, Any]]
+    engine: dict[tuple[str, str], str]  # (build name, identity) → its engine
     samples: pd.DataFrame | None
     narrow: pd.DataFrame
     compare_s: float
