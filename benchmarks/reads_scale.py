@@ -31,11 +31,12 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.store.db import open_store, upgrade_store
+from bench.store.db import open_store
 from bench.store.models import Result
 from bench.store.transfer import copy_runs
 from benchmarks.dashboard_scale import fill
 from benchmarks.startup import Tree, export
+from benchmarks.store_scale import backends
 
 REPO = Path(__file__).resolve().parents[1]
 # the issue's goals, seconds
@@ -58,21 +59,14 @@ def last_run(url: str) -> int:
 
 @contextlib.contextmanager
 def stores(tmp: Path, runs: int, postgres: bool) -> Iterator[dict[str, str]]:
-    sqlite = f"sqlite:///{tmp}/scale.sqlite"
-    t0 = time.perf_counter()
-    fill(sqlite, runs, 4, 25)
-    print(f"store: {last_run(sqlite)} runs, bulk fill {time.perf_counter() - t0:.0f} s", flush=True)
-    urls = {"sqlite": sqlite}
-    if not postgres:
-        yield urls
-        return
-    from tests.pg_server import pg_server
-
-    with pg_server() as server:
-        urls["postgresql"] = server.create_database()
-        upgrade_store(urls["postgresql"])
-        with open_store(sqlite) as src, open_store(urls["postgresql"]) as dst:
-            copy_runs(src, dst)
+    """The filled SQLite store, and with `postgres` its copy on a throwaway server (store_scale's backends)."""
+    with backends(tmp, postgres) as urls:
+        t0 = time.perf_counter()
+        fill(urls["sqlite"], runs, 4, 25)
+        print(f"store: {last_run(urls['sqlite'])} runs, bulk fill {time.perf_counter() - t0:.0f} s", flush=True)
+        for url in list(urls.values())[1:]:
+            with open_store(urls["sqlite"]) as src, open_store(url) as dst:
+                copy_runs(src, dst)
         yield urls
 
 
