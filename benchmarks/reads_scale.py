@@ -21,22 +21,18 @@ import contextlib
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import func, select
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.store.db import open_store
-from bench.store.models import Result
 from bench.store.transfer import copy_runs
 from benchmarks.dashboard_scale import fill
-from benchmarks.startup import Tree, export
-from benchmarks.store_scale import backends
+from benchmarks.startup import Tree, export, run_s
+from benchmarks.store_scale import backends, last_run
 
 REPO = Path(__file__).resolve().parents[1]
 # the issue's goals, seconds
@@ -44,17 +40,8 @@ GOALS = {"compare runs": 1.0, "compare builds": 1.0, "gate runs": 1.0, "dashboar
 
 
 def bench_s(tree: Tree, args: list[str]) -> tuple[float, int]:
-    env = {**os.environ, "PYTHONPATH": str(tree.root)}
-    t0 = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", *args], cwd=tree.root, env=env, capture_output=True, text=True, check=False
-    )
-    return time.perf_counter() - t0, proc.returncode
-
-
-def last_run(url: str) -> int:
-    with open_store(url) as store, store.session() as session:
-        return int(session.scalar(select(func.max(Result.run_id))) or 0)
+    """Wall seconds and exit code of the tree's own `bench` command (startup.py's timing, run from its root)."""
+    return run_s([sys.executable, "-m", "bench", *args], tree.root, {**os.environ, "PYTHONPATH": str(tree.root)})
 
 
 @contextlib.contextmanager
