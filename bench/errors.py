@@ -35,8 +35,3 @@ class SynthError(PerfgateError):
     """A synthetic model cannot be written as asked."""
 
     exit_code = 2
-
-
-class MixedSettings(ConfigError):
-    """The two sides were measured with different suite settings: refused unless allowed (`bench compare`,
-    `bench gate`), and never judged by the dashboard."""

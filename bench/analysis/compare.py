@@ -19,7 +19,7 @@ import pandas as pd
 from scipy import stats
 from sqlalchemy.orm import Session
 
-from bench.errors import ConfigError, MixedSettings, StoreError
+from bench.errors import ConfigError, StoreError
 from bench.metrics import METRICS, Status, tokens_per_s
 from bench.store.annotations import engines_of
 from bench.store.queries import results_frame, runs_frame
@@ -382,10 +382,7 @@ def build_comparison(
     base, cand = _with_rounds(base, settings_of), _with_rounds(cand, settings_of)
     mixed = _mixed_settings(base, cand, baseline, candidate, settings_of)
     if mixed and not allow_mixed_settings:
-        raise MixedSettings(
-            f"baseline {baseline.label} and candidate {candidate.label} were measured with different suite "
-            f"settings ({'; '.join(mixed)}): their numbers do not compare; pass --allow-mixed-settings to compare"
-        )
+        raise ConfigError(mixed_settings_refusal(baseline, candidate, mixed))
     return Comparison(
         baseline,
         candidate,
@@ -396,6 +393,14 @@ def build_comparison(
         engines,
         predicted,
         measured_on_metal,
+    )
+
+
+def mixed_settings_refusal(baseline: Side, candidate: Side, mixed: Iterable[str]) -> str:
+    """Why a pair measured with different suite settings is not compared (the CLI) nor judged (the dashboard)."""
+    return (
+        f"baseline {baseline.label} and candidate {candidate.label} were measured with different suite "
+        f"settings ({'; '.join(mixed)}): their numbers do not compare; pass --allow-mixed-settings to compare"
     )
 
 

@@ -120,8 +120,11 @@ def gate_until_sure(
         if budget_s is not None and not added:
             # the results that stand for a build may be of other models (the store's last run of it measured
             # another size): a config model neither side measured gets the first round, not a verdict without it
-            both = {str(r.model) for r in comparison.table.itertuples() if r.baseline_status is not None}
-            both -= {str(r.model) for r in comparison.table.itertuples() if r.candidate_status == "missing"}
+            both = {
+                str(r.model)
+                for r in comparison.table.itertuples()
+                if r.baseline_status is not None and r.candidate_status != "missing"
+            }
             if unmeasured := sorted(measurable - both):
                 raise NoResults(f"{', '.join(unmeasured)}: not measured by both {baseline} and {candidate} yet")
         # one added round is an AB + BA pair: two pairs of worker processes

@@ -9,10 +9,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench.analysis.compare import Side, build_comparison
+from bench.analysis.compare import Side, build_comparison, mixed_settings_refusal
 from bench.analysis.gate import Check, Verdict, evaluate
 from bench.analysis.sequential import Outcome
-from bench.errors import MixedSettings
 from bench.report import render
 from bench.report.site import data as site_data
 from bench.report.site.common import check_outcome, data_script, json_text, plain, verdict_outcome
@@ -70,14 +69,19 @@ class ComparePages(BuilderState):
         engines = (self.engines_of(pair.baseline_ids), self.engines_of(pair.candidate_ids))
         # the comparison `bench compare` and `bench gate` build: a pair they refuse is shown, never judged
         # (nightly against nightly: ratios and tests; the bootstrap CIs are for the gate's own pairs)
-        ci = pair.kind == "baseline"
-        try:
-            comparison = build_comparison(sides[0], sides[1], base, cand, self.settings_of, engines, ci=ci)
-        except MixedSettings as refused:
-            comparison = build_comparison(
-                sides[0], sides[1], base, cand, self.settings_of, engines, ci=ci, allow_mixed_settings=True
-            )
-            return Verdict(comparison, [Check("all", "settings", Outcome.INCONCLUSIVE, f"not judged: {refused}")])
+        comparison = build_comparison(
+            sides[0],
+            sides[1],
+            base,
+            cand,
+            self.settings_of,
+            engines,
+            ci=pair.kind == "baseline",
+            allow_mixed_settings=True,
+        )
+        if comparison.mixed_settings:
+            refusal = mixed_settings_refusal(sides[0], sides[1], comparison.mixed_settings)
+            return Verdict(comparison, [Check("all", "settings", Outcome.INCONCLUSIVE, f"not judged: {refusal}")])
         return evaluate(comparison, self.data.gate)
 
     def engines_of(self, ids: tuple[int, ...]) -> str:
