@@ -1,7 +1,9 @@
 """Two builds side by side: ratios with bootstrap confidence intervals, Mann-Whitney U tests, and the paired
 log ratios the gate's sequential test reads.
 
-The statistics come from scipy; the tables are pandas. The dashboard and the gate both call here,
+The statistics are numpy and the standard library (scipy.stats costs 0.9 s to import, more than a whole
+`bench compare` may take; tests/test_compare_stats.py holds these functions to scipy's); the tables are
+pandas. The dashboard and the gate both call here,
 so a number means the same thing everywhere it is shown. Samples of several runs of one (build, model)
 are pooled only when those runs measured with equal suite settings; two sides measured with different
 settings are not compared unless the caller asks for it.
@@ -9,23 +11,30 @@ settings are not compared unless the caller asks for it.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 from sqlalchemy.orm import Session
 
 from bench.errors import ConfigError, StoreError
-from bench.metrics import METRICS, Status, tokens_per_s
+from bench.metrics import METRICS, Status
 from bench.store.annotations import engines_of
-from bench.store.queries import results_frame, runs_frame
+from bench.store.queries import result_keys, results_frame, run_settings
 from bench.store.standing import standing_frame
 
 BOOTSTRAP_RESAMPLES = 2000
+# above this many values drawn (resamples × both sides' sizes) the bootstrap distribution of a mean is normal to
+# well within its own Monte Carlo error, and the delta-method interval stands in for it: pooling 1,000 runs
+# would otherwise draw 2000 × 10,000 values per model and metric
+BOOTSTRAP_MAX_DRAWS = 1_000_000
+# Mann-Whitney: exact null distribution while a side is this small and nothing ties (scipy's own choice)
+MWU_EXACT_MAX = 8
 COMPARE_COLUMNS = [
     "model",
     "metric",
@@ -116,40 +125,80 @@ def resolve_side(session: Session, ref: str, *, machine_fingerprint: str | None 
 
 
 def ratio_ci(base: np.ndarray, cand: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap CI of mean(cand)/mean(base), resampling each side independently."""
+    """95% CI of mean(cand)/mean(base): the percentile bootstrap, resampling each side independently (what
+    scipy.stats.bootstrap(method="percentile", paired=False) computes); for large samples the delta-method
+    normal interval of the log ratio, which that bootstrap converges to."""
+    base, cand = np.asarray(base, dtype=float), np.asarray(cand, dtype=float)
     if len(base) < 2 or len(cand) < 2:
         return float("nan"), float("nan")
-    res = stats.bootstrap(
-        (cand, base),
-        lambda c, b, axis: np.mean(c, axis=axis) / np.mean(b, axis=axis),
-        n_resamples=BOOTSTRAP_RESAMPLES,
-        confidence_level=0.95,
-        method="percentile",
-        vectorized=True,
-        paired=False,
-        rng=np.random.default_rng(seed),
-    )
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+    if BOOTSTRAP_RESAMPLES * (len(base) + len(cand)) > BOOTSTRAP_MAX_DRAWS:
+        return _delta_ci(base, cand)
+    rng = np.random.default_rng(seed)
+    means = [side[rng.integers(0, len(side), (BOOTSTRAP_RESAMPLES, len(side)))].mean(axis=1) for side in (cand, base)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        low, high = np.percentile(means[0] / means[1], [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _delta_ci(base: np.ndarray, cand: np.ndarray) -> tuple[float, float]:
+    """95% interval of mean(cand)/mean(base) from the normal approximation of log(mean c) − log(mean b), each
+    mean's variance the plug-in one a bootstrap resample has (ddof 0)."""
+    mb, mc = float(np.mean(base)), float(np.mean(cand))
+    if mb <= 0 or mc <= 0:
+        return float("nan"), float("nan")
+    se = math.sqrt(np.var(cand) / (len(cand) * mc**2) + np.var(base) / (len(base) * mb**2))
+    z = NormalDist().inv_cdf(0.975)
+    return mc / mb * math.exp(-z * se), mc / mb * math.exp(z * se)
 
 
 def mann_whitney_p(base: np.ndarray, cand: np.ndarray) -> float:
+    """Two-sided Mann-Whitney U p-value, as scipy.stats.mannwhitneyu(cand, base) gives it (method "auto"): the
+    exact null distribution when a side has at most 8 values and none tie, else the normal approximation with
+    the tie and continuity corrections."""
+    base, cand = np.asarray(base, dtype=float), np.asarray(cand, dtype=float)
     if len(base) < 2 or len(cand) < 2:
         return float("nan")
-    if np.ptp(np.concatenate([base, cand])) == 0:
+    both = np.concatenate([cand, base])
+    if np.ptp(both) == 0:
         return 1.0
-    return float(stats.mannwhitneyu(cand, base, alternative="two-sided").pvalue)
+    n1, n2 = len(cand), len(base)
+    _, inverse, counts = np.unique(both, return_inverse=True, return_counts=True)
+    # average ranks: a tied group of size t starting after c values takes c + (t + 1) / 2
+    starts = np.cumsum(counts) - counts
+    ranks = (starts + (counts + 1) / 2.0)[inverse]
+    u1 = float(ranks[:n1].sum()) - n1 * (n1 + 1) / 2.0
+    u = max(u1, n1 * n2 - u1)
+    ties = bool((counts > 1).any())
+    if min(n1, n2) <= MWU_EXACT_MAX and not (n1 > MWU_EXACT_MAX and n2 > MWU_EXACT_MAX) and not ties:
+        p = 2.0 * _u_sf(round(u), n1, n2)
+    else:
+        tie_term = float(np.sum(counts.astype(float) ** 3 - counts))
+        n = n1 + n2
+        s = math.sqrt(n1 * n2 / 12.0 * ((n + 1) - tie_term / (n * (n - 1))))
+        p = 2.0 * (1.0 - NormalDist().cdf((u - n1 * n2 / 2.0 - 0.5) / s)) if s > 0 else 1.0
+    return float(min(max(p, 0.0), 1.0))
+
+
+def _u_sf(u: int, n1: int, n2: int) -> float:
+    """P(U ≥ u) under the null: U's counts are the coefficients of the Gaussian binomial [n1 + n2, n1]_q,
+    built as the product of (1 − q^(n2 + i)) / (1 − q^i), i = 1…n1, in exact integers."""
+    small, large = min(n1, n2), max(n1, n2)
+    degree = small * large
+    coef = [1] + [0] * degree
+    for i in range(1, small + 1):
+        step = large + i
+        for k in range(degree, step - 1, -1):  # × (1 − q^step)
+            coef[k] -= coef[k - step]
+        for k in range(i, degree + 1):  # ÷ (1 − q^i)
+            coef[k] += coef[k - i]
+    total = math.comb(n1 + n2, n1)
+    return sum(coef[max(u, 0) :]) / total
 
 
 def metric_values(row: Any, metric: str) -> np.ndarray:
-    spec = METRICS[metric]
-    samples = list(row.get(spec.samples_column) or []) if spec.samples_column is not None else []
-    if samples and spec.per_process:
-        return np.array(samples, dtype=float) / 1e9
-    if spec.samples_column is not None and not spec.per_process:
-        n_tokens = row["n_prompt"] if metric == "pp_ts" else row["n_gen"]
-        return np.array(tokens_per_s(samples, int(n_tokens)))
-    value = row[metric]  # a single figure: older results and imports have no load samples
-    return np.array([] if value is None or pd.isna(value) else [float(value)])
+    """One result's values of a metric: t/s per repetition, seconds per fresh-process load, or its single
+    figure (older results and imports have no load samples)."""
+    return _SideRows(_one_row(row)).values([0], metric)[0]
 
 
 def process_values(row: Any, metric: str) -> list[float]:
@@ -157,22 +206,12 @@ def process_values(row: Any, metric: str) -> list[float]:
     stores all its rounds' repetitions in one result, split across rounds as the runner planned them (the first
     `repetitions % rounds` rounds take one more). A process is the unit of independence: a contention burst or
     a slow first repetition moves all of one process's repetitions together."""
-    rounds = int(row.get("rounds") or 1) if hasattr(row, "get") else 1
-    return _per_process(metric_values(row, metric), metric, rounds)
+    return [float(v) for v in _SideRows(_one_row(row)).processes([0], metric)[1]]
 
 
-def _per_process(values: np.ndarray, metric: str, rounds: int) -> list[float]:
-    values = values[values > 0]
-    if METRICS[metric].per_process:
-        return [float(v) for v in values]
-    chunks = [c for c in np.array_split(values, min(max(rounds, 1), max(len(values), 1))) if len(c)]
-    return [float(np.median(c)) for c in chunks]
-
-
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    """A side's rows as plain dicts, oldest result first: walking dicts costs microseconds where iterrows
-    costs a Series per row."""
-    return frame.sort_values("result_id", kind="stable").to_dict("records")
+def _one_row(row: Any) -> pd.DataFrame:
+    found = dict(row)
+    return pd.DataFrame([{"result_id": 0, "run_id": 0, **{k: v for k, v in found.items() if k in _SideRows.READ}}])
 
 
 def paired_log_ratios(base: pd.DataFrame, cand: pd.DataFrame, metric: str) -> np.ndarray:
@@ -180,33 +219,130 @@ def paired_log_ratios(base: pd.DataFrame, cand: pd.DataFrame, metric: str) -> np
     interleaved run's round r of A with its round r of B, measured side by side, so drift cancels); processes
     left over pair across runs in order. Pairing independent processes arbitrarily is still valid: each
     difference estimates the same change."""
-    b, c = ([(int(r["run_id"]), process_values(r, metric)) for r in _records(frame)] for frame in (base, cand))
-    return _paired(b, c)
+    b, c = (_SideRows(frame) for frame in (base, cand))
+    return np.array(_paired(b.processes(range(len(b)), metric), c.processes(range(len(c)), metric)))
 
 
-def _paired(base: list[tuple[int, list[float]]], cand: list[tuple[int, list[float]]]) -> np.ndarray:
-    """The pairing rule of paired_log_ratios, over each side's (run id, process values) in result order."""
-    by_run: list[dict[int, list[float]]] = []
-    for side in (base, cand):
-        runs: dict[int, list[float]] = {}
-        for run_id, values in side:
-            runs.setdefault(run_id, []).extend(values)
-        by_run.append(runs)
-    diffs: list[float] = []
-    left: tuple[list[float], list[float]] = ([], [])
-    for run in sorted({*by_run[0], *by_run[1]}):
-        b, c = by_run[0].get(run, []), by_run[1].get(run, [])
-        k = min(len(b), len(c))
-        diffs += [math.log(y / x) for x, y in zip(b[:k], c[:k], strict=True)]
-        left[0].extend(b[k:])
-        left[1].extend(c[k:])
-    diffs += [math.log(y / x) for x, y in zip(left[0], left[1], strict=False)]
-    return np.array(diffs)
+def _paired(base: tuple[np.ndarray, np.ndarray], cand: tuple[np.ndarray, np.ndarray]) -> list[float]:
+    """The pairing rule of paired_log_ratios, over each side's (run ids, process values) in result order:
+    the k-th process of a run on one side with the k-th of that run on the other, then what is left of each
+    side in run order, pairwise."""
+    keyed = []
+    for runs, values in (base, cand):
+        order = np.argsort(runs, kind="stable")
+        r, v = runs[order], values[order]
+        starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]]) if len(r) else np.array([], dtype=int)
+        position = np.arange(len(r)) - np.repeat(starts, np.diff(np.r_[starts, len(r)]))
+        keyed.append((r, position, v))
+
+    def matched(mine: tuple[np.ndarray, ...], other: tuple[np.ndarray, ...]) -> np.ndarray:
+        """Which of `mine` have a process at the same position of the same run on the other side."""
+        run_ids, counts = np.unique(other[0], return_counts=True)
+        at = np.searchsorted(run_ids, mine[0]).clip(max=max(len(run_ids) - 1, 0))
+        present = (run_ids[at] == mine[0]) if len(run_ids) else np.zeros(len(mine[0]), dtype=bool)
+        return present & (mine[1] < np.where(present, counts[at] if len(counts) else 0, 0))
+
+    in_b, in_c = matched(keyed[0], keyed[1]), matched(keyed[1], keyed[0])
+    left_b, left_c = keyed[0][2][~in_b], keyed[1][2][~in_c]
+    k = min(len(left_b), len(left_c))
+    ratios = np.concatenate([keyed[1][2][in_c] / keyed[0][2][in_b], left_c[:k] / left_b[:k]])
+    return [math.log(x) for x in ratios.tolist()]
 
 
-def _pooled_values(rows: pd.DataFrame, metric: str) -> np.ndarray:
-    ok = [r for r in rows.to_dict("records") if r["status"] == Status.OK]
-    return np.concatenate([metric_values(r, metric) for r in ok]) if ok else np.array([])
+class _SideRows:
+    """One side's results as plain columns, oldest result first, and per metric the values compare_frames
+    reads from them: a pool of 1,000 runs is 25,000 results a side, too many to walk one dict at a time."""
+
+    READ = (
+        *("result_id", "run_id", "model", "status", "reason", "n_prompt", "n_gen", "rounds"),
+        *METRICS,
+        *(m.samples_column for m in METRICS.values() if m.samples_column),
+    )
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        frame = frame.sort_values("result_id", kind="stable")
+        self.columns = {c: frame[c].tolist() for c in self.READ if c in frame.columns}
+        self.run_ids = np.array(self.columns["run_id"], dtype=np.int64)
+        rounds = self.columns.get("rounds") or [1] * len(self.run_ids)
+        self.rounds = np.array([int(r or 1) if not pd.isna(r) else 1 for r in rounds], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.run_ids)
+
+    def by_model(self) -> dict[Any, list[int]]:
+        out: dict[Any, list[int]] = {}
+        for i, model in enumerate(self.columns["model"]):
+            out.setdefault(model, []).append(i)
+        return out
+
+    def row(self, i: int) -> dict[str, Any]:
+        return {c: v[i] for c, v in self.columns.items()}
+
+    def values(self, rows: Iterable[int], metric: str) -> tuple[np.ndarray, np.ndarray]:
+        """(each value, the position in `rows` of its result): metric_values of each row, concatenated."""
+        rows = list(rows)
+        spec = METRICS[metric]
+        column = self.columns.get(spec.samples_column or "") or [None] * len(self.run_ids)
+        lists = [column[i] or [] for i in rows]
+        if spec.samples_column is not None and not spec.per_process:
+            ns, owner = self._flat(lists)
+            tokens = self.columns["n_prompt" if metric == "pp_ts" else "n_gen"]
+            n_tokens = np.array([int(tokens[i]) if lists[k] else 0 for k, i in enumerate(rows)], dtype=np.int64)
+            keep = ns > 0
+            owner = owner[keep]
+            return n_tokens[owner] * 1e9 / ns[keep], owner
+        if spec.samples_column is not None and any(lists):
+            singles = [[] if lists[k] else self._single(i, metric) for k, i in enumerate(rows)]
+            ns, owner = self._flat([x if x else s for x, s in zip(lists, singles, strict=True)])
+            scale = np.array([1e9 if lists[k] else 1.0 for k in range(len(rows))])
+            return ns / scale[owner], owner
+        return self._flat([self._single(i, metric) for i in rows])
+
+    def _single(self, i: int, metric: str) -> list[float]:
+        value = self.columns[metric][i] if metric in self.columns else None
+        return [] if value is None or pd.isna(value) else [float(value)]
+
+    @staticmethod
+    def _flat(lists: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+        counts = np.array([len(x) for x in lists], dtype=np.int64)
+        flat = np.fromiter(itertools.chain.from_iterable(lists), dtype=float, count=int(counts.sum()))
+        return flat, np.repeat(np.arange(len(lists)), counts)
+
+    def processes(
+        self, rows: Iterable[int], metric: str, found: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(run id, value) of each worker process of `rows` in result order (process_values of each row), from
+        the values `values` read: a result of one process is the median of its values, computed for all results
+        of one sample count at once; an interleaved result is split into its rounds."""
+        rows = np.fromiter(rows, dtype=np.int64)
+        values, owner = found if found is not None else self.values(rows.tolist(), metric)
+        keep = values > 0
+        values, owner = values[keep], owner[keep]
+        if METRICS[metric].per_process:
+            return self.run_ids[rows][owner], values
+        counts = np.bincount(owner, minlength=len(rows))
+        offsets = np.r_[0, np.cumsum(counts)[:-1]]
+        rounds = self.rounds[rows]
+        one = np.full(len(rows), np.nan)
+        for k in np.unique(counts[(rounds <= 1) & (counts > 0)]):
+            chosen = np.flatnonzero((counts == k) & (rounds <= 1))
+            one[chosen] = np.median(values[offsets[chosen][:, None] + np.arange(k)], axis=1)
+        if not (rounds > 1).any():
+            has = counts > 0
+            return self.run_ids[rows][has], one[has]
+        runs, out = [], []
+        for k, row in enumerate(rows.tolist()):
+            if rounds[k] <= 1:
+                if counts[k]:
+                    runs.append(self.run_ids[row])
+                    out.append(one[k])
+                continue
+            mine = values[offsets[k] : offsets[k] + counts[k]]
+            for chunk in np.array_split(mine, min(int(rounds[k]), max(len(mine), 1))):
+                if len(chunk):
+                    runs.append(self.run_ids[row])
+                    out.append(float(np.median(chunk)))
+        return np.array(runs, dtype=np.int64), np.array(out, dtype=float)
 
 
 def compare_frames(
@@ -215,32 +351,30 @@ def compare_frames(
     """Per model × metric: baseline/candidate means, ratio, CI, p-value and the paired log ratios.
 
     A side may hold several results of one model (pooled runs): the newest one's status speaks for the side,
-    and the samples of all its ok results are pooled. Each side's rows are read once, as plain dicts, and each
-    result's values once per metric (pooled and paired both use them)."""
-    sides: list[dict[Any, list[dict[str, Any]]]] = []
-    for frame in (base, cand):
-        by_model: dict[Any, list[dict[str, Any]]] = {}
-        for r in _records(frame):
-            by_model.setdefault(r["model"], []).append(r)
-        sides.append(by_model)
+    and the samples of all its ok results are pooled. Each side is read once into columns, and each model's
+    values once per metric (pooled and paired both use them)."""
+    sides = [_SideRows(base), _SideRows(cand)]
+    groups = [side.by_model() for side in sides]
     rows = []
     for model in list(dict.fromkeys([*base["model"], *cand["model"]])):
-        b_rows, c_rows = sides[0].get(model, []), sides[1].get(model, [])
-        b = b_rows[-1] if b_rows else None
-        c = c_rows[-1] if c_rows else None
-        b_ok = [r for r in b_rows if r["status"] == Status.OK] if b is not None and b["status"] == Status.OK else []
-        c_ok = [r for r in c_rows if r["status"] == Status.OK] if c is not None and c["status"] == Status.OK else []
+        newest: list[dict[str, Any] | None] = []
+        ok_rows: list[list[int]] = []
+        for side, by_model in zip(sides, groups, strict=True):
+            mine = by_model.get(model, [])
+            last = side.row(mine[-1]) if mine else None
+            newest.append(last)
+            status = side.columns["status"]
+            ok_rows.append([i for i in mine if status[i] == Status.OK] if last and last["status"] == Status.OK else [])
+        b, c = newest
         for metric in metrics:
-            b_each = [metric_values(r, metric) for r in b_ok]
-            c_each = [metric_values(r, metric) for r in c_ok]
-            bv = np.concatenate(b_each) if b_each else np.array([])
-            cv = np.concatenate(c_each) if c_each else np.array([])
+            found = [side.values(ok, metric) for side, ok in zip(sides, ok_rows, strict=True)]
+            bv, cv = found[0][0], found[1][0]
             bm, cm = (float(np.mean(bv)) if len(bv) else np.nan), (float(np.mean(cv)) if len(cv) else np.nan)
             low, high = ratio_ci(bv, cv) if ci and len(bv) and len(cv) else (np.nan, np.nan)
             diffs = (
-                _paired(_processes(b_ok, b_each, metric), _processes(c_ok, c_each, metric))
+                _paired(*(s.processes(ok, metric, f) for s, ok, f in zip(sides, ok_rows, found, strict=True)))
                 if len(bv) and len(cv)
-                else np.array([])
+                else []
             )
             rows.append(
                 {
@@ -254,7 +388,7 @@ def compare_frames(
                     "ci_high": high,
                     "p_value": mann_whitney_p(bv, cv),
                     "n_pairs": len(diffs),
-                    "log_ratios": [float(d) for d in diffs],
+                    "log_ratios": diffs,
                     "n_baseline": len(bv),
                     "n_candidate": len(cv),
                     "baseline_status": None if b is None else b["status"],
@@ -263,14 +397,6 @@ def compare_frames(
                 }
             )
     return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
-
-
-def _processes(rows: list[dict[str, Any]], values: list[np.ndarray], metric: str) -> list[tuple[int, list[float]]]:
-    """(run id, process values) per result, from values metric_values already read."""
-    return [
-        (int(r["run_id"]), _per_process(v, metric, int(r.get("rounds") or 1)))
-        for r, v in zip(rows, values, strict=True)
-    ]
 
 
 def suite_settings(row: Any, run_settings: dict[str, Any] | None) -> dict[str, Any]:
@@ -293,32 +419,33 @@ def _pool(
 ) -> pd.DataFrame:
     """The side's own results plus every other result of the same build identity, model and machine measured
     with equal settings: in any run for a plain BUILD, in `extra_runs` (rounds added by the gate) for BUILD@RUN."""
-    own = results_frame(session, list(side.run_ids))
+    own = results_frame(session, list(side.run_ids), builds=[side.build], with_memory=False)
     own = own[own["result_id"].isin(side.result_ids)]
     _, named_run = parse_ref(ref)
     extra = set(extra_runs)
     if named_run is not None and not extra:
         return own
-    everything = results_frame(session, None, with_samples=False)
+
+    def settings(run_id: Any, n_prompt: Any, n_gen: Any) -> dict[str, Any]:
+        return suite_settings({"n_prompt": n_prompt, "n_gen": n_gen}, settings_of.get(int(run_id)))
+
     keys = {
-        (r["model"], r["build_sha"]): suite_settings(r, settings_of.get(int(r["run_id"]))) for _, r in own.iterrows()
+        (m, sha): settings(r, p, g)
+        for m, sha, r, p, g in zip(
+            *(own[c].tolist() for c in ("model", "build_sha", "run_id", "n_prompt", "n_gen")), strict=True
+        )
     }
-    same = everything[
-        (everything["build"] == side.build)
-        & (everything["machine_fingerprint"] == side.machine_fingerprint)
-        & ~everything["result_id"].isin(side.result_ids)
-        & (everything["run_id"].isin(extra) if named_run is not None else True)
-    ]
-    wanted = [
-        int(r["result_id"])
-        for _, r in same.iterrows()
-        if (r["model"], r["build_sha"]) in keys
-        and suite_settings(r, settings_of.get(int(r["run_id"]))) == keys[(r["model"], r["build_sha"])]
-    ]
+    mine = set(side.result_ids)
+    found = result_keys(session, side.build, side.machine_fingerprint, sorted(extra) if named_run is not None else None)
+    wanted = {
+        int(i): int(r)
+        for i, r, m, sha, p, g in zip(*found.values(), strict=True)
+        if i not in mine and (m, sha) in keys and settings(r, p, g) == keys[(m, sha)]
+    }
     if not wanted:
         return own
-    more = results_frame(session, sorted({int(x) for x in same[same["result_id"].isin(wanted)]["run_id"]}))
-    return pd.concat([own, more[more["result_id"].isin(wanted)]], ignore_index=True)
+    more = results_frame(session, sorted(set(wanted.values())), builds=[side.build], with_memory=False)
+    return pd.concat([own, more[more["result_id"].isin(list(wanted))]], ignore_index=True)
 
 
 def compare(
@@ -345,8 +472,7 @@ def compare(
             f"({baseline.machine_fingerprint}) but candidate {candidate.label} ran on "
             f"{candidate.machine} ({candidate.machine_fingerprint}); pass --allow-cross-machine to compare anyway"
         )
-    runs = runs_frame(session)
-    settings_of = {int(r): s for r, s in zip(runs["run_id"], runs["settings"], strict=True)}
+    settings_of = run_settings(session)
     extra = tuple(extra_runs)
     predicted, on_metal = _predictions(session, baseline, candidate)
     return build_comparison(

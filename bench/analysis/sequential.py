@@ -29,10 +29,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from statistics import NormalDist
 
 import numpy as np
-from scipy.special import betaln
-from scipy.stats import norm
 
 # mixture precision c: the sequence is tightest around n ≈ 10–50 paired samples, where the gate decides
 LAI_C = 1.0
@@ -79,11 +78,21 @@ def halfwidth_factor(n: int, alpha: float, c: float = LAI_C) -> float:
 def sign_rank_bound(n: int, alpha: float, a: float = SIGN_A) -> int:
     """The fewest of n paired samples that may lie below the true median: fewer (or as many above) would make
     the beta-binomial mixture martingale B(a + k, a + n − k) / B(a, a) · 2^n reach 1/alpha. 0 while nothing
-    can be excluded."""
+    can be excluded.
+
+    log B(a + k, a + n − k) for k = 0…n/2 from its first term and the ratio of neighbours
+    B(a + k + 1, a + n − k − 1) / B(a + k, a + n − k) = (a + k) / (a + n − k − 1): one cumulative sum, no
+    per-term log-gamma (and no scipy import, whose 0.9 s every gate would pay)."""
     k = np.arange(0, n // 2 + 1)
-    log_m = betaln(a + k, a + n - k) - betaln(a, a) + n * math.log(2.0)
+    first = _betaln(a, a + n) - _betaln(a, a) + n * math.log(2.0)
+    steps = np.log((a + k[:-1]) / (a + n - k[:-1] - 1.0))
+    log_m = first + np.concatenate(([0.0], np.cumsum(steps)))
     kept = np.flatnonzero(log_m < math.log(1.0 / alpha))
     return int(kept[0]) if len(kept) else n // 2
+
+
+def _betaln(x: float, y: float) -> float:
+    return math.lgamma(x) + math.lgamma(y) - math.lgamma(x + y)
 
 
 def first_bounded(alpha: float) -> int:
@@ -152,7 +161,7 @@ def predicted_halfwidth(n: int, sd: float, robust_sd: float, alpha: float) -> fl
     """The half-width to expect at n pairs with this spread: the tighter of the two sequences."""
     lai = halfwidth_factor(n, alpha / 2) * sd * math.sqrt(n - 1)
     k = sign_rank_bound(n, alpha / 2)
-    sign = robust_sd * float(norm.ppf(1.0 - k / n)) if k else math.inf
+    sign = robust_sd * NormalDist().inv_cdf(1.0 - k / n) if k else math.inf
     return min(lai, sign)
 
 

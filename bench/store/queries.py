@@ -87,9 +87,15 @@ INT_FIELDS = tuple(c for c in INT_COLUMNS if c not in ("run_id", "result_id", "n
 
 
 def results_frame(
-    session: Session, run_ids: list[int] | None = None, *, with_samples: bool = True, with_memory: bool = True
+    session: Session,
+    run_ids: list[int] | None = None,
+    *,
+    with_samples: bool = True,
+    with_memory: bool = True,
+    builds: list[str] | None = None,
 ) -> pd.DataFrame:
-    """One row per stored result, in the `bench results --format json` contract's columns.
+    """One row per stored result (of those runs, of those build names), in the `bench results --format json`
+    contract's columns.
 
     Plain column selects (no ORM objects): the dashboard reads 100,000 results through here. Without samples
     the samples columns are empty lists; without memory the `memory` column is None (decoding 100,000 JSON
@@ -108,6 +114,8 @@ def results_frame(
     )
     if run_ids is not None:
         stmt = stmt.where(Result.run_id.in_(run_ids))
+    if builds is not None:
+        stmt = stmt.where(Build.name.in_(builds))
     found = _columns(session, stmt)
     if not with_memory:
         found["memory"] = [None] * len(found["run_id"])
@@ -116,7 +124,7 @@ def results_frame(
     for test in SAMPLE_TESTS:
         frame[f"samples_{test}_ns"] = [empty] * len(frame)
     if with_samples and len(frame):
-        _attach_samples(session, frame, run_ids)
+        _attach_samples(session, frame, run_ids, builds)
     frame = frame[RESULT_COLUMNS]
     # nullable integers: a missing figure must not turn the others into floats (33.0 layers)
     return frame.astype({c: "Int64" for c in INT_COLUMNS})
@@ -134,11 +142,14 @@ def with_samples(session: Session, frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _attach_samples(session: Session, frame: pd.DataFrame, run_ids: list[int] | None) -> None:
-    """Fill the samples_*_ns columns of `frame` (the results of `run_ids`, or of the whole store) in place."""
+def _attach_samples(
+    session: Session, frame: pd.DataFrame, run_ids: list[int] | None, builds: list[str] | None = None
+) -> None:
+    """Fill the samples_*_ns columns of `frame` (the results of `run_ids` and `builds`, or of the whole store)
+    in place."""
     empty: list[int] = []
     for test in SAMPLE_TESTS:
-        ids, ns = _sample_arrays(session, test, run_ids)
+        ids, ns = _sample_arrays(session, test, run_ids, builds)
         # rows arrive ordered by result: split the ns column where the result id changes
         lists: dict[int, list[int]] = {}
         if len(ids):
@@ -166,13 +177,19 @@ def _columns(session: Session, stmt: Select[Any]) -> dict[str, list[Any]]:
     return out
 
 
-def _sample_arrays(session: Session, test: str, run_ids: list[int] | None) -> tuple[np.ndarray, np.ndarray]:
+def _sample_arrays(
+    session: Session, test: str, run_ids: list[int] | None, builds: list[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(result ids, ns) of one test's samples, ordered by result and repetition.
 
     A million integer pairs: read through the DBAPI cursor, since per-row result objects cost seconds."""
     sel = select(Sample.result_id, Sample.ns).where(Sample.test == test).order_by(Sample.result_id, Sample.seq)
+    if run_ids is not None or builds is not None:
+        sel = sel.join(Result, Sample.result_id == Result.id)
     if run_ids is not None:
-        sel = sel.join(Result, Sample.result_id == Result.id).where(Result.run_id.in_(run_ids))
+        sel = sel.where(Result.run_id.in_(run_ids))
+    if builds is not None:
+        sel = sel.where(Result.build_id.in_(select(Build.id).where(Build.name.in_(builds))))
     connection = session.connection()
     compiled = sel.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True})
     cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
@@ -182,6 +199,32 @@ def _sample_arrays(session: Session, test: str, run_ids: list[int] | None) -> tu
     finally:
         cursor.close()
     return pairs[:, 0], pairs[:, 1]
+
+
+def result_keys(
+    session: Session, build: str, machine_fingerprint: str, run_ids: list[int] | None = None
+) -> dict[str, list[Any]]:
+    """What pooling needs to know of every result of one build name on one machine (in those runs): result id,
+    run id, model name, build identity, n_prompt, n_gen; as columns, in that order."""
+    columns: list[Any] = [Result.id, Result.run_id, Model.name, Build.identity_sha, Result.n_prompt, Result.n_gen]
+    stmt = (
+        select(*columns)
+        .join(Build, Result.build_id == Build.id)
+        .join(Model, Result.model_id == Model.id)
+        .join(Run, Result.run_id == Run.id)
+        .join(Machine, Run.machine_id == Machine.id)
+        .where(Build.name == build, Machine.fingerprint == machine_fingerprint)
+        .order_by(Result.id)
+    )
+    if run_ids is not None:
+        stmt = stmt.where(Result.run_id.in_(run_ids))
+    return _columns(session, stmt)
+
+
+def run_settings(session: Session) -> dict[int, dict[str, Any]]:
+    """Each run's settings document (its suite, interleaving, builds), by run id."""
+    ids, documents = _columns(session, select(Run.id, Run.settings)).values()
+    return dict(zip(ids, documents, strict=True))
 
 
 def runs_frame(session: Session) -> pd.DataFrame:
