@@ -31,9 +31,9 @@ class RunPages(BuilderState):
 
     def prepare_runs(self, frame: pd.DataFrame) -> None:
         """What the run pages of `frame`'s runs show, split per run once: a worker then formats no frame, and
-        each result's two table rows are one piece of markup (result_rows)."""
+        each result's two table rows become one piece of markup there (result_rows)."""
         self.run_frames = {int(r): g for r, g in frame.groupby("run_id", sort=True)}
-        rows = [result_rows(_RunRow(*t)) for t in zip(*(frame[c].tolist() for c in _RUN_ROW), strict=True)]
+        rows = [_RunRow(*t) for t in zip(*(frame[c].tolist() for c in _RUN_ROW), strict=True)]
         self.run_results = {}
         for run_id, row in zip(frame["run_id"].tolist(), rows, strict=True):
             self.run_results.setdefault(int(run_id), []).append(row)
@@ -59,7 +59,7 @@ class RunPages(BuilderState):
             key,
             run=run,
             run_id=run_id,
-            results=self.run_results[run_id],
+            results=[result_rows(r) for r in self.run_results[run_id]],
             builds=self.builds_shown(frozenset(res["build"])),
             machine=machine,
             load_matrix=matrix(res),
