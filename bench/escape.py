@@ -37,6 +37,8 @@ def _escaped(match: re.Match[str]) -> str:
 
 def visible(text: str) -> str:
     """`text` with every character that would act instead of show written as its escape."""
+    if text.isascii() and text.isprintable():  # the ASCII among _HIDDEN are exactly its unprintable characters
+        return text
     return _HIDDEN.sub(_escaped, text)
 
 

@@ -226,3 +226,14 @@ def test_visible_shows_each_hidden_character_as_its_escape() -> None:
     assert visible("a\x01b\x1b[31m\x7f\t\n\r\u2028\u202e\ud800ok é 😀") == (
         "a\\x01b\\x1b[31m\\x7f\\t\\n\\r\\u2028\\u202e\\ud800ok é 😀"
     )
+
+
+def test_visible_on_plain_ascii_is_the_rule_itself() -> None:
+    """The shortcut for printable ASCII (most names) gives what the full rule gives, for every ASCII character
+    alone and inside text."""
+    from bench.escape import _HIDDEN, _escaped
+
+    for char in map(chr, range(128)):
+        for text in (char, f"a{char}b", f"{char}{char}"):
+            assert visible(text) == _HIDDEN.sub(_escaped, text), repr(text)
+    assert visible("build-1 Q4_K_M 7B") == "build-1 Q4_K_M 7B"

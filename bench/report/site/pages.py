@@ -31,7 +31,7 @@ from bench.report.site.data import Pair, SiteData
 from bench.report.site.history_page import HistoryPages
 from bench.report.site.output import SiteOutput
 from bench.report.site.overview import history_index, overview
-from bench.report.site.run_page import RunPages, display_columns
+from bench.report.site.run_page import RunPages
 from bench.store.annotations import engine_of
 from bench.store.queries import all_logs, attach_logs, results_frame, with_samples
 from bench.store.standing import standing
@@ -90,7 +90,6 @@ class Builder(ComparePages, RunPages, HistoryPages):
         self.machine_series = {fp: by_fp.iloc[i] for i, fp in enumerate(by_fp.index)}
         self.builds_of: dict[frozenset[str], list[dict[str, Any]]] = {}
         self.run_frames: dict[int, pd.DataFrame] = {}
-        self.run_results: dict[int, list[Any]] = {}
         self.history_rows: dict[tuple[str, str], pd.DataFrame] = {}
 
     def load_samples(self, result_ids: set[int]) -> None:
@@ -278,8 +277,6 @@ def _build(b: Builder) -> int:
         )
         extra = res.set_index("result_id")[["tg_roofline_pct", "bandwidth_gbs"]]
         frame = frame.join(extra, on="result_id")
-        frame = frame.assign(**display_columns(frame))
-        frame["tg_roofline_pct"] = frame["tg_roofline_pct"].astype(object).where(frame["tg_roofline_pct"].notna(), None)
         b.prepare_runs(frame)
         for r, g in b.run_frames.items():
             fp = str(g["machine_fingerprint"].iloc[0])

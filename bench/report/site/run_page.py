@@ -30,13 +30,8 @@ class RunPages(BuilderState):
         )
 
     def prepare_runs(self, frame: pd.DataFrame) -> None:
-        """What the run pages of `frame`'s runs show, split per run once: a worker then formats no frame, and
-        each result's two table rows become one piece of markup there (result_rows)."""
+        """The results of `frame`'s runs split per run once; each page's worker formats its own rows."""
         self.run_frames = {int(r): g for r, g in frame.groupby("run_id", sort=True)}
-        rows = [_RunRow(*t) for t in zip(*(frame[c].tolist() for c in _RUN_ROW), strict=True)]
-        self.run_results = {}
-        for run_id, row in zip(frame["run_id"].tolist(), rows, strict=True):
-            self.run_results.setdefault(int(run_id), []).append(row)
 
     def builds_shown(self, names: frozenset[str]) -> list[dict[str, Any]]:
         if names not in self.builds_of:
@@ -46,6 +41,10 @@ class RunPages(BuilderState):
 
     def run_page(self, run_id: int, key: str, links: dict[str, str]) -> None:
         res = self.run_frames[run_id]
+        roof = res["tg_roofline_pct"]
+        res = res.assign(tg_roofline_pct=roof.astype(object).where(roof.notna(), None))
+        shown = res.assign(**display_columns(res))
+        rows = [_RunRow(*t) for t in zip(*(shown[c].tolist() for c in _RUN_ROW), strict=True)]
         run = self.runs_by_id.iloc[self.runs_by_id.index.get_loc(run_id)]
         machine = self.machine_series[run["machine_fingerprint"]]
         self.out.write(
@@ -59,7 +58,7 @@ class RunPages(BuilderState):
             key,
             run=run,
             run_id=run_id,
-            results=[result_rows(r) for r in self.run_results[run_id]],
+            results=[result_rows(r) for r in rows],
             builds=self.builds_shown(frozenset(res["build"])),
             machine=machine,
             load_matrix=matrix(res),

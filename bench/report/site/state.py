@@ -40,7 +40,6 @@ class BuilderState:
     machine_series: dict[str, Any]
     builds_of: dict[frozenset[str], list[dict[str, Any]]]
     run_frames: dict[int, pd.DataFrame]
-    run_results: dict[int, list[Any]]
     history_rows: dict[tuple[str, str], pd.DataFrame]
 
     def render(self, rel: str, template: str, key: str, **ctx: Any) -> None:
