@@ -27,6 +27,8 @@ _HIDDEN = re.compile(
     "\ud800-\udfff\ufffe\uffff]"  # lone surrogates and the noncharacters XML refuses
 )
 _SHORT = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+# the same set less line feed and tab: a multi-line text (a load log) keeps its lines in a <pre>
+_HIDDEN_IN_LINES = re.compile(_HIDDEN.pattern.replace("\x00-\x1f", "\x00-\x08\x0b-\x1f", 1))
 
 
 def _escaped(match: re.Match[str]) -> str:
@@ -40,6 +42,12 @@ def visible(text: str) -> str:
     if text.isascii() and text.isprintable():  # the ASCII among _HIDDEN are exactly its unprintable characters
         return text
     return _HIDDEN.sub(_escaped, text)
+
+
+def visible_lines(text: str) -> str:
+    """visible() for a text whose lines are meant to show as lines (a load log in a <pre>): line feeds and tabs
+    kept (a CRLF log's line ends too), every other hidden character written as its escape."""
+    return _HIDDEN_IN_LINES.sub(_escaped, text.replace("\r\n", "\n"))
 
 
 def visible_value(value: Any) -> Any:

@@ -250,6 +250,11 @@ def test_comparison_pages_only_for_baseline_and_previous_nightly(browser: Browse
     assert errors == [] and dialogs == []
     assert run.locator("a.nightly").count() == 3  # each build against the night before
     assert run.locator("details pre.log").count() == 6
+    # a load log reads as lines; a result without a reason shows none (not pandas' missing "nan")
+    log = run.locator("details pre.log").first.text_content() or ""
+    assert "\n" in log.strip() and "\\n" not in log
+    assert "nan" not in run.locator("small.reason").all_text_contents()
+    assert "nan" not in run.locator("td.cell").evaluate_all("cells => cells.map(c => c.title)")
 
 
 def test_roofline_above_100_percent_is_flagged(site: Path) -> None:

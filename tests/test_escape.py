@@ -237,3 +237,15 @@ def test_visible_on_plain_ascii_is_the_rule_itself() -> None:
         for text in (char, f"a{char}b", f"{char}{char}"):
             assert visible(text) == _HIDDEN.sub(_escaped, text), repr(text)
     assert visible("build-1 Q4_K_M 7B") == "build-1 Q4_K_M 7B"
+
+
+def test_visible_lines_keeps_a_logs_lines_and_shows_the_rest() -> None:
+    from bench.escape import visible_lines
+
+    log = "load_tensors: ok\r\n\tbuffer \x1b[31mred\x01\rx\u2028y\u202e\n"
+    assert visible_lines(log) == "load_tensors: ok\n\tbuffer \\x1b[31mred\\x01\\rx\\u2028y\\u202e\n"
+    # every other character of the rule is shown as visible() shows it
+    for code in [*range(0x20), 0x7F, 0x85, 0x2028, 0x202E, 0xD800]:
+        char = chr(code)
+        if char not in "\n\t":
+            assert visible_lines(char) == visible(char), hex(code)

@@ -419,15 +419,23 @@ def _pool(
 ) -> pd.DataFrame:
     """The side's own results plus every other result of the same build identity, model and machine measured
     with equal settings: in any run for a plain BUILD, in `extra_runs` (rounds added by the gate) for BUILD@RUN."""
-    own = results_frame(session, list(side.run_ids), builds=[side.build], with_memory=False)
-    own = own[own["result_id"].isin(side.result_ids)]
     _, named_run = parse_ref(ref)
     extra = set(extra_runs)
     if named_run is not None and not extra:
-        return own
+        own = results_frame(session, list(side.run_ids), builds=[side.build], with_memory=False)
+        return own[own["result_id"].isin(side.result_ids)]
+    # a plain BUILD pools from any run: one read of the build's results (no list of a thousand run ids)
+    runs = None if named_run is None else sorted({*side.run_ids, *extra})
+    found_all = results_frame(session, runs, builds=[side.build], with_memory=False)
+    own = found_all[found_all["result_id"].isin(side.result_ids)]
+    known: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
 
     def settings(run_id: Any, n_prompt: Any, n_gen: Any) -> dict[str, Any]:
-        return suite_settings({"n_prompt": n_prompt, "n_gen": n_gen}, settings_of.get(int(run_id)))
+        # one per run and token counts, not per result: a pool of 1,000 runs holds 25,000 results
+        if (run_id, n_prompt, n_gen) not in known:
+            run = settings_of.get(int(run_id))
+            known[(run_id, n_prompt, n_gen)] = suite_settings({"n_prompt": n_prompt, "n_gen": n_gen}, run)
+        return known[(run_id, n_prompt, n_gen)]
 
     keys = {
         (m, sha): settings(r, p, g)
@@ -436,16 +444,15 @@ def _pool(
         )
     }
     mine = set(side.result_ids)
-    found = result_keys(session, side.build, side.machine_fingerprint, sorted(extra) if named_run is not None else None)
+    found = result_keys(session, side.build, side.machine_fingerprint, runs)
     wanted = {
-        int(i): int(r)
+        int(i)
         for i, r, m, sha, p, g in zip(*found.values(), strict=True)
         if i not in mine and (m, sha) in keys and settings(r, p, g) == keys[(m, sha)]
     }
     if not wanted:
         return own
-    more = results_frame(session, sorted(set(wanted.values())), builds=[side.build], with_memory=False)
-    return pd.concat([own, more[more["result_id"].isin(list(wanted))]], ignore_index=True)
+    return found_all[found_all["result_id"].isin(mine | wanted)].reset_index(drop=True)
 
 
 def compare(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 import pandas as pd
@@ -110,7 +110,7 @@ def results_frame(
         stmt = stmt.where(Result.run_id.in_(run_ids))
     if builds is not None:
         stmt = stmt.where(Result.build_id.in_(select(Build.id).where(Build.name.in_(builds))))
-    found = _joined(session, _columns(session, stmt))
+    found = _joined(session, read_columns(session, stmt))
     if not with_memory:
         found["memory"] = [None] * len(found["run_id"])
     frame = pd.DataFrame(found if len(found["run_id"]) else [], columns=[*_RESULT_FIELDS, *_JOINED])
@@ -153,7 +153,7 @@ def with_samples(session: Session, frame: pd.DataFrame) -> pd.DataFrame:
     out = frame[RESULT_COLUMNS].copy()
     if len(out):
         _attach_samples(session, out, None)
-        ids, documents = _columns(session, select(Result.id, Result.memory)).values()
+        ids, documents = read_columns(session, select(Result.id, Result.memory)).values()
         memory = dict(zip(ids, documents, strict=True))
         out["memory"] = [memory[i] for i in out["result_id"].tolist()]
     return out
@@ -177,7 +177,7 @@ def _attach_samples(
         frame[f"samples_{test}_ns"] = [lists.get(i, empty) for i in frame["result_id"].tolist()]
 
 
-def _columns(session: Session, stmt: Select[Any]) -> dict[str, list[Any]]:
+def read_columns(session: Session, stmt: Select[Unpack[tuple[Any, ...]]]) -> dict[str, list[Any]]:
     """The statement's rows as one list per column, each converted by the result processor SQLAlchemy itself
     applies (dates, JSON), a column at a time: one Row object per result costs seconds at 100,000 results."""
     connection = session.connection()
@@ -237,12 +237,12 @@ def result_keys(
     )
     if run_ids is not None:
         stmt = stmt.where(Result.run_id.in_(run_ids))
-    return _columns(session, stmt)
+    return read_columns(session, stmt)
 
 
 def run_settings(session: Session) -> dict[int, dict[str, Any]]:
     """Each run's settings document (its suite, interleaving, builds), by run id."""
-    ids, documents = _columns(session, select(Run.id, Run.settings)).values()
+    ids, documents = read_columns(session, select(Run.id, Run.settings)).values()
     return dict(zip(ids, documents, strict=True))
 
 

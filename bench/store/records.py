@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Table, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from bench.builds import BuildIdentity
@@ -22,6 +21,8 @@ def insert_if_absent(
     """INSERT … ON CONFLICT DO NOTHING: runners writing into one database at once never trip over a row
     another one inserted between their look-up and their insert. With `returning`: that column of the new
     row, or None when the row was there already."""
+    from sqlalchemy.dialects import postgresql, sqlite  # here, not at import: reading commands never insert
+
     dialect = (db.get_bind() if isinstance(db, Session) else db).dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = insert(table).values(**values).on_conflict_do_nothing(index_elements=key)

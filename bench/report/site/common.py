@@ -85,8 +85,9 @@ def floats(values: pd.Series) -> list[float | None]:
     return [None if v != v else v for v in pd.to_numeric(values, errors="coerce").astype(float).tolist()]
 
 
-def data_script(payload: Any) -> str:
-    return f"(window.perfgateData = window.perfgateData || []).push({json_text(payload)});\n"
+def data_script(payload_json: str) -> str:
+    """The script that hands a page its data (`json_text` of the payload, encoded once for both files)."""
+    return f"(window.perfgateData = window.perfgateData || []).push({payload_json});\n"
 
 
 def verdict_outcome(verdict: Verdict) -> str:

@@ -141,7 +141,7 @@ class ComparePages(BuilderState):
             "identity": identity,
         }
         self.out.write(f"data/{stem}.json", json_text(payload), key)
-        self.out.write(f"data/{stem}.js", data_script({"chart": "compare", **payload}), key)
+        self.out.write(f"data/{stem}.js", data_script(json_text({"chart": "compare", **payload})), key)
         title = (
             f"perfgate — {pair.candidate_label} vs baseline {pair.baseline_label}"
             if pair.kind == "baseline"

@@ -100,8 +100,9 @@ class HistoryPages(BuilderState):
         if all(self.out.unchanged(r, key) for r in (rel, f"data/{stem}.js", f"data/{stem}.json")):
             return entry
         payload = self.history_payload(fp, model, rows)
-        self.out.write(f"data/{stem}.json", json_text(payload), key)
-        self.out.write(f"data/{stem}.js", data_script(payload), key)
+        text = json_text(payload)
+        self.out.write(f"data/{stem}.json", text, key)
+        self.out.write(f"data/{stem}.js", data_script(text), key)
         self.render(
             rel,
             "history.html.j2",

@@ -10,6 +10,7 @@ do not let a page fetch() files from file://, and a script file of the site's ow
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 import sys
@@ -185,10 +186,13 @@ def _in_parallel(builder: Builder, work: list[Page]) -> list[Written]:
     workers = min(os.cpu_count() or 1, 8)
     if workers < 2 or len(work) < 8 or "fork" not in mp.get_all_start_methods() or sys.platform == "darwin":
         return [_write(builder, page) for page in work]
-    # fork: the initializer's argument reaches each worker by inheritance, not by pickling
+    # fork: the initializer's argument reaches each worker by inheritance, not by pickling. The parent's objects
+    # (a million samples) are frozen first: a worker's garbage collection would otherwise touch every one of
+    # them and copy the parent's memory page by page
+    gc.freeze()
     with mp.get_context("fork").Pool(workers, initializer=_Forked.adopt, initargs=(builder,)) as pool:
-        # the comparisons come first and cost the most: one at a time, so no worker gets several of them
-        first = [page for page in work if isinstance(page, ComparePage)]
+        # the comparisons and histories come first and cost the most: one at a time, so no worker gets several
+        first = [page for page in work if not isinstance(page, RunPage)]
         rest = work[len(first) :]
         pending = [
             pool.map_async(_Forked.write, items, chunksize=size)
@@ -196,6 +200,7 @@ def _in_parallel(builder: Builder, work: list[Page]) -> list[Written]:
             if items
         ]
         outcomes = [outcome for p in pending for outcome in p.get()]
+    gc.unfreeze()
     for o in outcomes:
         builder.out.pages.update(o.pages)
         builder.out.written += o.written
@@ -266,6 +271,11 @@ def _build(b: Builder) -> int:
     nightly_rel = {(p.machine_fingerprint, p.candidate_runs[0], p.candidate): b.pair_rel(p) for p in night_pairs}
     # the comparisons first: they cost the most, and a pool that starts with them ends evenly
     work: list[Page] = [ComparePage(p, k) for p, k in todo]
+    # forked workers read the frames from the builder they inherit: a work item carries keys, not pickled frames
+    b.history_rows = {(str(fp), str(m)): g for (fp, m), g in res.groupby(["machine_fingerprint", "model"], sort=False)}
+    # then the histories (each a long series): handed out one at a time like the comparisons, so that the many
+    # small run pages after them even out the workers' ends
+    work += [HistoryPage(fp, m) for fp, m in b.history_rows]
     if run_todo:
         assert b.samples is not None
         frame = b.samples[b.samples["run_id"].isin(run_todo)].reset_index(drop=True)
@@ -282,9 +292,6 @@ def _build(b: Builder) -> int:
             fp = str(g["machine_fingerprint"].iloc[0])
             links = {str(bn): nightly_rel[(fp, r, bn)] for bn in g["build"] if (fp, r, bn) in nightly_rel}
             work.append(RunPage(r, run_keys[r], links))
-    # forked workers read the frames from the builder they inherit: a work item carries keys, not pickled frames
-    b.history_rows = {(str(fp), str(m)): g for (fp, m), g in res.groupby(["machine_fingerprint", "model"], sort=False)}
-    work += [HistoryPage(fp, m) for fp, m in b.history_rows]
     outcomes = _in_parallel(b, work)
     entries = [o.result for o in outcomes if isinstance(o.page, HistoryPage)]
     for o in outcomes:

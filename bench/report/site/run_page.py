@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import collections
+import functools
 from typing import Any
 
 import pandas as pd
 from markupsafe import Markup, escape
 
-from bench.escape import visible_value
+from bench.escape import visible_lines, visible_value
 from bench.report import render
 from bench.report.site.output import content_key
 from bench.report.site.state import BuilderState
@@ -41,14 +42,14 @@ class RunPages(BuilderState):
 
     def run_page(self, run_id: int, key: str, links: dict[str, str]) -> None:
         res = self.run_frames[run_id]
-        roof = res["tg_roofline_pct"]
-        res = res.assign(tg_roofline_pct=roof.astype(object).where(roof.notna(), None))
-        shown = res.assign(**display_columns(res))
-        rows = [_RunRow(*t) for t in zip(*(shown[c].tolist() for c in _RUN_ROW), strict=True)]
+        # the rows' values as plain columns (no frame assigned to: a copy of a wide frame costs more than a row)
+        shown = {**{c: res[c].tolist() for c in _RUN_ROW if c in res.columns}, **display_columns(res)}
+        rows = [_RunRow(*t) for t in zip(*(shown[c] for c in _RUN_ROW), strict=True)]
         run = self.runs_by_id.iloc[self.runs_by_id.index.get_loc(run_id)]
         machine = self.machine_series[run["machine_fingerprint"]]
         self.out.write(
             f"data/run-{run_id}.json",
+            # a missing roofline (NaN) is written as null
             res[[*RESULT_COLUMNS, "log", "tg_roofline_pct"]].to_json(orient="records", date_format="iso"),
             key,
         )
@@ -69,8 +70,10 @@ class RunPages(BuilderState):
         )
 
 
-def matrix(res: pd.DataFrame) -> dict[str, Any]:
-    """Builds × models of a set of results (the newest result of a cell wins)."""
+def matrix(res: pd.DataFrame) -> Markup:
+    """Builds × models of a set of results (the newest result of a cell wins), as the run page's table.
+
+    Markup made here, every value through _h, as result_rows: the template's per-cell lookups cost 2 ms a page."""
     builds = list(dict.fromkeys(res["build"]))
     models = list(dict.fromkeys(res["model"]))
     cells = {}
@@ -85,14 +88,24 @@ def matrix(res: pd.DataFrame) -> dict[str, Any]:
         sources,
         strict=True,
     ):
-        offload = None if render.missing(total) else f"{done}/{total}"
-        cells[(build, model)] = {
-            "status": status,
-            "reason": reason or "",
-            # `bench metal-check --record`: a status predicted from the build's tree and recipe, not loaded
-            "offload": "predicted" if source == PREDICTED_SOURCE else offload,
-        }
-    return {"builds": builds, "models": models, "grid": [[cells.get((b, m)) for m in models] for b in builds]}
+        # `bench metal-check --record`: a status predicted from the build's tree and recipe, not loaded
+        offload = "predicted" if source == PREDICTED_SOURCE else None if render.missing(total) else f"{done}/{total}"
+        st = _h(status)
+        cells[(build, model)] = (
+            f'<td class="cell st-{st}" title="{"" if render.missing(reason) else _h(reason)}" data-status="{st}">'
+            f'<span class="status">{st}</span>'
+            + (f'<span class="offload">{_h(offload)}</span>' if offload else "")
+            + "</td>"
+        )
+    head = "".join(f"<th>{_h(m)}</th>" for m in models)
+    body = "".join(f"<tr><th>{_h(b)}</th>{''.join(cells.get((b, m), _NO_CELL) for m in models)}</tr>\n" for b in builds)
+    return Markup(
+        f'<table class="matrix">\n<thead><tr><th>build \\ model</th>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n'
+        "</table>\n"
+    )
+
+
+_NO_CELL = '<td class="cell st-none">–</td>'
 
 
 # what a run page's rows show: plain values, formatted once for all runs being written
@@ -169,7 +182,26 @@ def _h(value: Any) -> str:
     kind = type(value)
     if kind is int or kind is float:
         return str(value)
+    if kind is str and len(value) <= _SHORT_TEXT:
+        return _h_text(value)
     return str(escape(visible_value(value)))
+
+
+# names, statuses, sizes and reasons repeat across 100,000 rows: each distinct short text is escaped once
+_SHORT_TEXT = 200
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _h_text(text: str) -> str:
+    return str(escape(visible_value(text)))
+
+
+def _values(values: list[Any]) -> str:
+    """A list of values as _h prints each, comma-separated: a sample list is all ints, whose text needs no escape
+    (two million samples in a full build; one type check per list, in C)."""
+    if set(map(type, values)) <= {int}:
+        return ", ".join(map(str, values))
+    return ", ".join(map(_h, values))
 
 
 def result_rows(r: Any) -> Markup:
@@ -181,13 +213,14 @@ def result_rows(r: Any) -> Markup:
     roof = r.tg_roofline_pct
     beyond = not render.missing(roof) and roof > 100
     status = _h(r.status)
+    reason = "" if render.missing(r.reason) else _h(r.reason)  # pandas' string columns hold a missing one as NaN
     backend = "" if render.missing(r.backend) else _h(r.backend)
     pct = "–" if render.missing(roof) else f"{roof:.0f}%"
     title = ' title="above the memory-bandwidth roofline: a measurement error"' if beyond else ""
     return Markup(
         f'<tr class="st-border-{status}">\n'
         f"  <td>{_h(r.build)}</td><td>{_h(r.model)}<br><small>{_h(r.file_txt)}</small></td>\n"
-        f'  <td><span class="st-{status}">{status}</span><br><small class="reason">{_h(r.reason)}</small></td>\n'
+        f'  <td><span class="st-{status}">{status}</span><br><small class="reason">{reason}</small></td>\n'
         f"  <td>{_h(r.layers_txt)} {backend}</td><td>{_h(r.load_txt)}</td><td>{_h(r.pp_txt)}</td>"
         f"<td>{_h(r.tg_txt)}</td>\n"
         f'  <td class="roofline{" impossible" if beyond else ""}"'
@@ -197,7 +230,7 @@ def result_rows(r: Any) -> Markup:
         "</tr>\n"
         f'<tr class="detail"><td colspan="12"><details><summary>samples and load log ({len(r.log)} characters)'
         "</summary>\n"
-        f"  <p><small>pp{_h(r.n_prompt)} ns: {', '.join(_h(v) for v in r.samples_pp_ns)}<br>"
-        f"tg{_h(r.n_gen)} ns: {', '.join(_h(v) for v in r.samples_tg_ns)}</small></p>\n"
-        f'  <pre class="log">{_h(r.log)}</pre></details></td></tr>\n'
+        f"  <p><small>pp{_h(r.n_prompt)} ns: {_values(r.samples_pp_ns)}<br>"
+        f"tg{_h(r.n_gen)} ns: {_values(r.samples_tg_ns)}</small></p>\n"
+        f'  <pre class="log">{escape(visible_lines(r.log))}</pre></details></td></tr>\n'
     )
