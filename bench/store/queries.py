@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Unpack
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -177,7 +177,7 @@ def _attach_samples(
         frame[f"samples_{test}_ns"] = [lists.get(i, empty) for i in frame["result_id"].tolist()]
 
 
-def read_columns(session: Session, stmt: Select[Unpack[tuple[Any, ...]]]) -> dict[str, list[Any]]:
+def read_columns(session: Session, stmt: Select[*tuple[Any, ...]]) -> dict[str, list[Any]]:
     """The statement's rows as one list per column, each converted by the result processor SQLAlchemy itself
     applies (dates, JSON), a column at a time: one Row object per result costs seconds at 100,000 results."""
     connection = session.connection()
