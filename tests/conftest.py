@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -158,6 +159,23 @@ def bench_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 30
     return subprocess.run(
         [BENCH, *args], capture_output=True, text=True, timeout=timeout, check=False, env={**os.environ, **(env or {})}
     )
+
+
+def llama_bench_pair(tmp_path: Path, reps: int | None = None) -> str:
+    """The recorded llama-bench runs: two threads (baseline) and one thread (candidate, about half as fast)."""
+    db = str(tmp_path / "lb.sqlite")
+    for build, f in (("two-threads", "llama-bench-t2.json"), ("one-thread", "llama-bench-t1.jsonl")):
+        source = Path(__file__).with_name("data") / f
+        if reps is not None:
+            text = source.read_text()
+            tests = json.loads(text) if f.endswith(".json") else [json.loads(ln) for ln in text.splitlines() if ln]
+            for t in tests:
+                t["samples_ns"], t["samples_ts"] = t["samples_ns"][:reps], t["samples_ts"][:reps]
+            source = tmp_path / f"{build}-{reps}.json"
+            source.write_text(json.dumps(tests))
+        proc = bench_cli("import", str(source), "--format", "llama-bench", "--build", build, "--db", db)
+        assert proc.returncode == 0, proc.stderr
+    return db
 
 
 def processes_matching(pattern: str, marker: str | None = None) -> list[int]:

@@ -25,7 +25,7 @@ from bench.report.site.output import SiteOutput
 from bench.report.site.pages import Builder
 from bench.store.db import open_store
 from bench.store.queries import run_settings
-from tests.conftest import PYTHON, REPO, bench_cli
+from tests.conftest import PYTHON, REPO, bench_cli, llama_bench_pair
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from dashboard_scale import fill
@@ -191,20 +191,7 @@ def test_interleaved_rounds_load_samples_and_a_pooled_repeat_give_the_reference_
 
 @pytest.mark.parametrize("reps", [3, None])
 def test_recorded_llama_bench_runs_give_the_reference_table(tmp_path: Path, reps: int | None) -> None:
-    import json
-
-    db = str(tmp_path / "lb.sqlite")
-    for build, f in (("two-threads", "llama-bench-t2.json"), ("one-thread", "llama-bench-t1.jsonl")):
-        source = DATA / f
-        if reps is not None:
-            text = source.read_text()
-            tests = json.loads(text) if f.endswith(".json") else [json.loads(ln) for ln in text.splitlines() if ln]
-            for t in tests:
-                t["samples_ns"], t["samples_ts"] = t["samples_ns"][:reps], t["samples_ts"][:reps]
-            source = tmp_path / f"{build}-{reps}.json"
-            source.write_text(json.dumps(tests))
-        proc = bench_cli("import", str(source), "--format", "llama-bench", "--build", build, "--db", db)
-        assert proc.returncode == 0, proc.stderr
+    db = llama_bench_pair(tmp_path, reps)
     ref = check_pair(f"sqlite:///{db}", "two-threads", "one-thread")
     assert (ref["n_candidate"] > 0).any()
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from bench.analysis.sequential import first_bounded
-from tests.conftest import PYTHON, REPO, bench_cli, fake_python
+from tests.conftest import PYTHON, REPO, bench_cli, fake_python, llama_bench_pair
 
 DATA = Path(__file__).with_name("data")
 COMPARE_SCRIPT = (
@@ -267,25 +267,8 @@ def test_noisy_but_not_slower_candidate_is_never_failed(
     assert "REGRESSION" not in summary
 
 
-def _llama_bench_pair(tmp_path: Path, reps: int | None = None) -> str:
-    """The recorded llama-bench runs: two threads (baseline) and one thread (candidate, about half as fast)."""
-    db = str(tmp_path / "lb.sqlite")
-    for build, f in (("two-threads", "llama-bench-t2.json"), ("one-thread", "llama-bench-t1.jsonl")):
-        source = DATA / f
-        if reps is not None:
-            text = source.read_text()
-            tests = json.loads(text) if f.endswith(".json") else [json.loads(ln) for ln in text.splitlines() if ln]
-            for t in tests:
-                t["samples_ns"], t["samples_ts"] = t["samples_ns"][:reps], t["samples_ts"][:reps]
-            source = tmp_path / f"{build}-{reps}.json"
-            source.write_text(json.dumps(tests))
-        proc = bench_cli("import", str(source), "--format", "llama-bench", "--build", build, "--db", db)
-        assert proc.returncode == 0, proc.stderr
-    return db
-
-
 def test_three_samples_a_side_never_pass_even_twice_as_slow(tmp_path: Path) -> None:
-    db = _llama_bench_pair(tmp_path, reps=3)
+    db = llama_bench_pair(tmp_path, reps=3)
     code, summary, _ = _gate(db, tmp_path, "two-threads", "one-thread")
     assert code == 3, summary
     assert "**tiny-Q4_0** `tg_ts`: inconclusive" in summary and "too few to bound the change" in summary
@@ -293,7 +276,7 @@ def test_three_samples_a_side_never_pass_even_twice_as_slow(tmp_path: Path) -> N
 
 def test_one_llama_bench_process_a_side_is_inconclusive_in_either_direction(tmp_path: Path) -> None:
     # five repetitions inside one process per side: a process-level disturbance cannot be told from the build
-    db = _llama_bench_pair(tmp_path)
+    db = llama_bench_pair(tmp_path)
     for baseline, candidate in (("two-threads", "one-thread"), ("one-thread", "two-threads")):
         code, summary, _ = _gate(db, tmp_path, baseline, candidate)
         assert code == 3, summary
@@ -338,7 +321,7 @@ def test_different_suite_settings_are_refused_unless_allowed(
 
 
 def test_a_build_against_itself_is_refused(tmp_path: Path) -> None:
-    db = _llama_bench_pair(tmp_path)
+    db = llama_bench_pair(tmp_path)
     proc = bench_cli("gate", "--baseline", "one-thread", "--candidate", "one-thread", "--db", db)
     assert proc.returncode == 2 and "are the same results (one-thread@" in proc.stderr
     assert proc.stdout == ""
