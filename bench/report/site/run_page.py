@@ -100,8 +100,8 @@ def matrix(res: pd.DataFrame) -> Markup:
     head = "".join(f"<th>{_h(m)}</th>" for m in models)
     body = "".join(f"<tr><th>{_h(b)}</th>{''.join(cells.get((b, m), _NO_CELL) for m in models)}</tr>\n" for b in builds)
     return Markup(
-        f'<table class="matrix">\n<thead><tr><th>build \\ model</th>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n'
-        "</table>\n"
+        f'<div class="matrix-scroll"><table class="matrix">\n<thead><tr><th>build \\ model</th>{head}</tr></thead>\n'
+        f"<tbody>\n{body}</tbody>\n</table></div>\n"
     )
 
 
@@ -213,7 +213,8 @@ def result_rows(r: Any) -> Markup:
     roof = r.tg_roofline_pct
     beyond = not render.missing(roof) and roof > 100
     status = _h(r.status)
-    reason = "" if render.missing(r.reason) else _h(r.reason)  # pandas' string columns hold a missing one as NaN
+    # pandas' string columns hold a missing reason as NaN; a log line's own line end is not part of it
+    reason = "" if render.missing(r.reason) else _h(str(r.reason).rstrip("\r\n"))
     backend = "" if render.missing(r.backend) else _h(r.backend)
     pct = "–" if render.missing(roof) else f"{roof:.0f}%"
     title = ' title="above the memory-bandwidth roofline: a measurement error"' if beyond else ""
