@@ -447,6 +447,63 @@ def test_adding_a_run_rewrites_only_the_pages_it_touches(
     assert report.written == len(rewritten) - 1 + len(added)  # the marker is written apart
 
 
+def _dead_links(site: Path) -> list[str]:
+    """Every relative href of every page of the site that names no file in it."""
+    dead = []
+    for page in site.rglob("*.html"):
+        for href in re.findall(r'href="([^"#:]+)"', page.read_text()):
+            if not (page.parent / href).resolve().is_file():
+                dead.append(f"{page.relative_to(site)} → {href}")
+    return dead
+
+
+def test_a_kept_run_page_never_links_to_a_comparison_the_window_dropped(
+    models_dir: Path, write_config: Callable[..., Path], db_url: str, tmp_path: Path
+) -> None:
+    """dashboard.nightly_pages keeps the newest runs' nightly comparisons: when a run falls out of that window,
+    its page (unchanged results) is written again without its links to the comparisons gone."""
+    cfg = load_config(write_config([{"name": "tiny-q4", "path": str(models_dir / "tiny-Q4_0.gguf")}]))
+    out = tmp_path / "site"
+    settings = DashboardConfig(nightly_pages=1)
+    with open_store(db_url) as store:
+        run_matrix(store, cfg, show_progress=False)
+        run_matrix(store, cfg, show_progress=False)
+        build_site(store, out, None, settings)
+        assert 'class="nightly"' not in (out / "run" / "1.html").read_text()  # the first run: nothing before it
+        assert 'class="nightly"' in (out / "run" / "2.html").read_text()
+        run_matrix(store, cfg, show_progress=False)
+        build_site(store, out, None, settings)
+    assert 'class="nightly"' not in (out / "run" / "2.html").read_text()  # run 2 against run 1: out of the window
+    assert 'class="nightly"' in (out / "run" / "3.html").read_text()
+    assert _dead_links(out) == []
+
+
+def test_forked_workers_write_the_site_the_serial_build_writes(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run pages read their own results in the worker that writes them, on a connection of its own (SQLite and
+    PostgreSQL alike): the site is byte for byte the one a single process writes."""
+    from bench.report.site import pages
+    from benchmarks.dashboard_scale import fill
+
+    if pages._workers() < 2:
+        pytest.skip("one CPU: the site is never written by forked workers here")
+    fill(db_url, 12, 2, 3)
+    with open_store(db_url) as store:
+        parallel = build_site(store, tmp_path / "parallel")
+        monkeypatch.setattr(pages, "_workers", lambda: 1)
+        serial = build_site(store, tmp_path / "serial")
+    # 12 runs, 3 histories, 7 nightlies of each build, build-1 against build-0, the overview and history index
+    assert parallel.pages == serial.pages == 12 + 3 + 2 * 7 + 1 + 2
+    files = sorted(p.relative_to(tmp_path / "serial") for p in (tmp_path / "serial").rglob("*") if p.is_file())
+    assert files == sorted(
+        p.relative_to(tmp_path / "parallel") for p in (tmp_path / "parallel").rglob("*") if p.is_file()
+    )
+    for rel in files:
+        if str(rel) != MARKER:
+            assert (tmp_path / "parallel" / rel).read_bytes() == (tmp_path / "serial" / rel).read_bytes(), rel
+
+
 @pytest.mark.slow
 def test_wheel_installs_and_runs_every_command(
     models_dir: Path, write_config: Callable[..., Path], tmp_path: Path

@@ -188,8 +188,10 @@ def read_columns(session: Session, stmt: Select[*tuple[Any, ...]]) -> dict[str, 
     finally:
         result.close()
     out: dict[str, list[Any]] = {}
+    # rows to columns in one pass in C (a list comprehension per column costs 0.15 s at 100,000 results)
+    by_column = list(zip(*rows, strict=True)) if rows else [() for _ in described]
     for n, (name, column) in enumerate(zip(result.keys(), stmt.selected_columns, strict=True)):
-        values = [r[n] for r in rows]
+        values = list(by_column[n])
         impl = column.type.dialect_impl(connection.dialect)
         process = impl.result_processor(connection.dialect, described[n][1])
         out[name] = [None if v is None else process(v) for v in values] if process is not None else values
@@ -293,8 +295,14 @@ def attach_logs(session: Session, frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(log=[logs.get(i, "") for i in ids])
 
 
-def all_logs(session: Session) -> dict[int, str]:
-    return {rid: text for rid, text in session.execute(select(ResultLog.result_id, ResultLog.text))}
+def run_logs(session: Session, run_ids: list[int]) -> dict[int, str]:
+    """The load log of every result of those runs, by result id (joined by run: no list of result ids)."""
+    stmt = (
+        select(ResultLog.result_id, ResultLog.text)
+        .join(Result, ResultLog.result_id == Result.id)
+        .where(Result.run_id.in_(run_ids))
+    )
+    return dict(zip(*read_columns(session, stmt).values(), strict=True))
 
 
 def run_or_latest(session: Session, run_id: int | None) -> int:

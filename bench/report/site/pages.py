@@ -34,7 +34,7 @@ from bench.report.site.output import SiteOutput
 from bench.report.site.overview import history_index, overview
 from bench.report.site.run_page import RunPages
 from bench.store.annotations import engine_of
-from bench.store.queries import all_logs, attach_logs, results_frame, with_samples
+from bench.store.queries import results_frame, with_samples
 from bench.store.standing import standing
 
 
@@ -90,7 +90,8 @@ class Builder(ComparePages, RunPages, HistoryPages):
         by_fp = data.machines.drop_duplicates("fingerprint").set_index("fingerprint", drop=False)
         self.machine_series = {fp: by_fp.iloc[i] for i, fp in enumerate(by_fp.index)}
         self.builds_of: dict[frozenset[str], list[dict[str, Any]]] = {}
-        self.run_frames: dict[int, pd.DataFrame] = {}
+        # what run pages add to a result read from the store: its machine's bandwidth and roofline
+        self.roofline = res.set_index("result_id")[["tg_roofline_pct", "bandwidth_gbs"]]
         self.history_rows: dict[tuple[str, str], pd.DataFrame] = {}
 
     def load_samples(self, result_ids: set[int]) -> None:
@@ -130,8 +131,19 @@ class RunPage:
     key: str
     links: dict[str, str]
 
+
+@dataclass(frozen=True)
+class RunPageBatch:
+    """Run pages written by one worker, which reads their results, samples and logs itself: the reading is
+    shared out like the writing (a million samples read by the parent alone were a fifth of a full build)."""
+
+    pages: tuple[RunPage, ...]
+
     def write(self, b: Builder) -> None:
-        b.run_page(self.run_id, self.key, self.links)
+        frames = b.run_results([p.run_id for p in self.pages])
+        for p in self.pages:
+            if p.run_id in frames:  # results deleted since the site data were read: no page
+                b.run_page(p.run_id, frames[p.run_id], p.key, p.links)
 
 
 @dataclass(frozen=True)
@@ -144,7 +156,7 @@ class HistoryPage:
         return b.history_page(self.machine, self.model, b.history_rows[(self.machine, self.model)])
 
 
-Page = ComparePage | RunPage | HistoryPage
+Page = ComparePage | RunPageBatch | HistoryPage
 
 
 @dataclass(frozen=True)
@@ -173,6 +185,7 @@ class _Forked:
 
     @classmethod
     def adopt(cls, builder: Builder) -> None:
+        builder.reconnect()
         cls.builder = builder
 
     @classmethod
@@ -181,9 +194,13 @@ class _Forked:
         return _write(cls.builder, page)
 
 
+def _workers() -> int:
+    return min(os.cpu_count() or 1, 8)
+
+
 def _in_parallel(builder: Builder, work: list[Page]) -> list[Written]:
     """Each page's outcome; files written by forked workers are added to the parent's count and manifest."""
-    workers = min(os.cpu_count() or 1, 8)
+    workers = _workers()
     if workers < 2 or len(work) < 8 or "fork" not in mp.get_all_start_methods() or sys.platform == "darwin":
         return [_write(builder, page) for page in work]
     # fork: the initializer's argument reaches each worker by inheritance, not by pickling. The parent's objects
@@ -192,13 +209,9 @@ def _in_parallel(builder: Builder, work: list[Page]) -> list[Written]:
     gc.freeze()
     with mp.get_context("fork").Pool(workers, initializer=_Forked.adopt, initargs=(builder,)) as pool:
         # the comparisons and histories come first and cost the most: one at a time, so no worker gets several
-        first = [page for page in work if not isinstance(page, RunPage)]
+        first = [page for page in work if not isinstance(page, RunPageBatch)]
         rest = work[len(first) :]
-        pending = [
-            pool.map_async(_Forked.write, items, chunksize=size)
-            for items, size in ((first, 1), (rest, max(1, len(rest) // (workers * 4))))
-            if items
-        ]
+        pending = [pool.map_async(_Forked.write, items, chunksize=1) for items in (first, rest) if items]
         outcomes = [outcome for p in pending for outcome in p.get()]
     gc.unfreeze()
     for o in outcomes:
@@ -259,16 +272,23 @@ def _build(b: Builder) -> int:
     for r, i in sorted(zip(res["run_id"].tolist(), res["result_id"].tolist(), strict=True)):
         by_run.setdefault(int(r), []).append(int(i))
     per_run = res[["run_id"]].assign(rkey=b.rkey_col).groupby("run_id")["rkey"].agg("|".join)
-    run_keys = {int(r): b.run_key(int(r), keys) for r, keys in per_run.items()}
+    # each run page links to its nightly comparisons, which come and go with the window of newest runs: the
+    # links are part of what the page shows, so of its key (else a kept page links to a comparison gone)
+    nightly_rel = {(p.machine_fingerprint, p.candidate_runs[0], p.candidate): b.pair_rel(p) for p in night_pairs}
+    fp_of = dict(zip(res["run_id"].tolist(), res["machine_fingerprint"].tolist(), strict=True))
+    builds_in = res.groupby("run_id")["build"].unique()
+    links = {
+        r: {str(bn): nightly_rel[(fp_of[r], r, bn)] for bn in builds_in[r] if (fp_of[r], r, bn) in nightly_rel}
+        for r in by_run
+    }
+    run_keys = {int(r): b.run_key(int(r), keys, links[int(r)]) for r, keys in per_run.items()}
     run_todo = [
         r
         for r in by_run
         if not (out.unchanged(f"run/{r}.html", run_keys[r]) and out.unchanged(f"data/run-{r}.json", run_keys[r]))
     ]
-    need = {i for p, _ in todo for i in (*p.baseline_ids, *p.candidate_ids)}
-    need |= {i for r in run_todo for i in by_run[r]}
-    b.load_samples(need)
-    nightly_rel = {(p.machine_fingerprint, p.candidate_runs[0], p.candidate): b.pair_rel(p) for p in night_pairs}
+    # the comparisons' samples; run pages read their own (RunPageBatch)
+    b.load_samples({i for p, _ in todo for i in (*p.baseline_ids, *p.candidate_ids)})
     # the comparisons first: they cost the most, and a pool that starts with them ends evenly
     work: list[Page] = [ComparePage(p, k) for p, k in todo]
     # forked workers read the frames from the builder they inherit: a work item carries keys, not pickled frames
@@ -276,22 +296,10 @@ def _build(b: Builder) -> int:
     # then the histories (each a long series): handed out one at a time like the comparisons, so that the many
     # small run pages after them even out the workers' ends
     work += [HistoryPage(fp, m) for fp, m in b.history_rows]
-    if run_todo:
-        assert b.samples is not None
-        frame = b.samples[b.samples["run_id"].isin(run_todo)].reset_index(drop=True)
-        logs = all_logs(b.session) if len(frame) > 20000 else None
-        frame = (
-            frame.assign(log=[logs.get(int(i), "") for i in frame["result_id"]])
-            if logs is not None
-            else (attach_logs(b.session, frame))
-        )
-        extra = res.set_index("result_id")[["tg_roofline_pct", "bandwidth_gbs"]]
-        frame = frame.join(extra, on="result_id")
-        b.prepare_runs(frame)
-        for r, g in b.run_frames.items():
-            fp = str(g["machine_fingerprint"].iloc[0])
-            links = {str(bn): nightly_rel[(fp, r, bn)] for bn in g["build"] if (fp, r, bn) in nightly_rel}
-            work.append(RunPage(r, run_keys[r], links))
+    run_pages = [RunPage(r, run_keys[r], links[r]) for r in run_todo]
+    # a few batches a worker: each reads its runs in one query, and the batches even out the workers' ends
+    size = max(1, -(-len(run_pages) // (_workers() * 4)))
+    work += [RunPageBatch(tuple(run_pages[i : i + size])) for i in range(0, len(run_pages), size)]
     outcomes = _in_parallel(b, work)
     entries = [o.result for o in outcomes if isinstance(o.page, HistoryPage)]
     for o in outcomes:

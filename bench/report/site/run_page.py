@@ -14,11 +14,11 @@ from bench.report import render
 from bench.report.site.output import content_key
 from bench.report.site.state import BuilderState
 from bench.store.predictions import PREDICTED_SOURCE
-from bench.store.queries import RESULT_COLUMNS
+from bench.store.queries import RESULT_COLUMNS, results_frame, run_logs
 
 
 class RunPages(BuilderState):
-    def run_key(self, run_id: int, result_keys: str) -> str:
+    def run_key(self, run_id: int, result_keys: str, links: dict[str, str]) -> str:
         run = self.run_rows[run_id]
         return content_key(
             self.version,
@@ -28,11 +28,16 @@ class RunPages(BuilderState):
             run["settings"],
             result_keys,
             self.run_bandwidth.get(run_id),
+            links,
         )
 
-    def prepare_runs(self, frame: pd.DataFrame) -> None:
-        """The results of `frame`'s runs split per run once; each page's worker formats its own rows."""
-        self.run_frames = {int(r): g for r, g in frame.groupby("run_id", sort=True)}
+    def run_results(self, run_ids: list[int]) -> dict[int, pd.DataFrame]:
+        """Every result of those runs as its run page shows it (samples, load log, roofline), per run."""
+        frame = results_frame(self.session, run_ids)
+        logs = run_logs(self.session, run_ids)
+        frame = frame.assign(log=[logs.get(i, "") for i in frame["result_id"].tolist()])
+        frame = frame.join(self.roofline, on="result_id")
+        return {int(r): g for r, g in frame.groupby("run_id", sort=True)}
 
     def builds_shown(self, names: frozenset[str]) -> list[dict[str, Any]]:
         if names not in self.builds_of:
@@ -40,8 +45,7 @@ class RunPages(BuilderState):
             self.builds_of[names] = render.records(found[found["name"].isin(names)] if len(found) else found)
         return self.builds_of[names]
 
-    def run_page(self, run_id: int, key: str, links: dict[str, str]) -> None:
-        res = self.run_frames[run_id]
+    def run_page(self, run_id: int, res: pd.DataFrame, key: str, links: dict[str, str]) -> None:
         # the rows' values as plain columns (no frame assigned to: a copy of a wide frame costs more than a row)
         shown = {**{c: res[c].tolist() for c in _RUN_ROW if c in res.columns}, **display_columns(res)}
         rows = [_RunRow(*t) for t in zip(*(shown[c] for c in _RUN_ROW), strict=True)]

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from jinja2 import Environment
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from bench.report.site.data import SiteData
@@ -39,8 +40,16 @@ class BuilderState:
     runs_by_id: pd.DataFrame
     machine_series: dict[str, Any]
     builds_of: dict[frozenset[str], list[dict[str, Any]]]
-    run_frames: dict[int, pd.DataFrame]
+    roofline: pd.DataFrame  # tg_roofline_pct and bandwidth_gbs by result id
     history_rows: dict[tuple[str, str], pd.DataFrame]
+
+    def reconnect(self) -> None:
+        """In a forked worker: connections of its own. The parent's stay the parent's: a child that closed one
+        would close it for the parent too (SQLAlchemy's advice for pools across fork)."""
+        engine = self.session.get_bind()
+        assert isinstance(engine, Engine)
+        engine.dispose(close=False)
+        self.session = Session(bind=engine)
 
     def render(self, rel: str, template: str, key: str, **ctx: Any) -> None:
         html = self.env.get_template(template).render(root="../" * rel.count("/"), **ctx)
