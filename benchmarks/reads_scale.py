@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.store.db import open_store
 from bench.store.transfer import copy_runs
 from benchmarks.dashboard_scale import fill
-from benchmarks.startup import Tree, export, run_s
+from benchmarks.startup import Tree, export, run_s, tree_env
 from benchmarks.store_scale import backends, last_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ GOALS = {"compare runs": 1.0, "compare builds": 1.0, "gate runs": 1.0, "dashboar
 
 def bench_s(tree: Tree, args: list[str]) -> tuple[float, int]:
     """Wall seconds and exit code of the tree's own `bench` command (startup.py's timing, run from its root)."""
-    return run_s([sys.executable, "-m", "bench", *args], tree.root, {**os.environ, "PYTHONPATH": str(tree.root)})
+    return run_s([sys.executable, "-m", "bench", *args], tree.root, tree_env(tree))
 
 
 @contextlib.contextmanager

@@ -52,6 +52,15 @@ def export(ref: str, into: Path) -> Tree:
     return Tree(ref, into / "tree")
 
 
+def tree_env(tree: Tree) -> dict[str, str]:
+    """The environment a tree's commands run in: its root first on the path, and bytecode written (the
+    uncounted first round writes it, as installing perfgate does; an environment that sets
+    PYTHONDONTWRITEBYTECODE would otherwise have every command compile perfgate's sources anew)."""
+    env = {**os.environ, "PYTHONPATH": str(tree.root)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
 def run_s(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int]:
     start = time.perf_counter()
     proc = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
@@ -61,7 +70,7 @@ def run_s(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, int]:
 def measure(trees: list[Tree], rounds: int) -> tuple[list[float], dict[tuple[str, str], list[float]], dict]:
     """Seconds per round of `python -c pass` and of each (tree, command); the exit code each command gave."""
     # `python -m` puts the working folder first on sys.path: each tree runs from its own root
-    envs = {t.label: {**os.environ, "PYTHONPATH": str(t.root)} for t in trees}
+    envs = {t.label: tree_env(t) for t in trees}
     bare: list[float] = []
     seconds: dict[tuple[str, str], list[float]] = {(t.label, c): [] for t in trees for c in COMMANDS}
     codes: dict[tuple[str, str], int] = {}
