@@ -7,7 +7,8 @@ throwaway PostgreSQL server (tests/pg_server.py). On it, each tree's own console
 
 - `bench compare` of two runs (BUILD@RUN) and of two builds (BUILD: every run of each build identity pooled);
 - `bench gate` of the two runs;
-- `bench dashboard` from nothing, then again after one more nightly run is stored (only what it touches).
+- `bench dashboard` from nothing, then again after one more nightly run is stored (only what it touches),
+  each as many rounds as the reads (the second on a hard-linked copy of the first's site every round).
 
     .venv/bin/python benchmarks/reads_scale.py --against 640bbf8 [--runs 1000] [--rounds 3] [--postgres]
 
@@ -86,13 +87,20 @@ def measure(url: str, trees: list[Tree], rounds: int, tmp: Path) -> dict[tuple[s
                 timed(tree, what, args, ok=(0, 1, 3) if args[0] == "gate" else (0,))
         if i == 0:
             seconds.clear()
+    # the dashboard from nothing, `rounds` times a tree; the last site of each is what one more run updates
     sites = {t.label: tmp / f"site-{t.label}" for t in trees}
-    for tree in trees:
-        shutil.rmtree(sites[tree.label], ignore_errors=True)
-        timed(tree, "dashboard full", ["dashboard", "--out", str(sites[tree.label])])
+    for i in range(rounds):
+        for tree in trees if i % 2 == 0 else trees[::-1]:
+            shutil.rmtree(sites[tree.label], ignore_errors=True)
+            timed(tree, "dashboard full", ["dashboard", "--out", str(sites[tree.label])])
     fill(url, 1, 4, 25, first_night=run)
-    for tree in trees:
-        timed(tree, "dashboard +1 run", ["dashboard", "--out", str(sites[tree.label])])
+    for i in range(rounds):
+        for tree in trees if i % 2 == 0 else trees[::-1]:
+            # each round updates a copy of that site (hard links: perfgate never writes into a kept file)
+            copy = tmp / f"site-{tree.label}-{i}"
+            shutil.copytree(sites[tree.label], copy, copy_function=os.link)
+            timed(tree, "dashboard +1 run", ["dashboard", "--out", str(copy)])
+            shutil.rmtree(copy)
     return seconds
 
 
