@@ -116,8 +116,11 @@ def main() -> None:
         here = Tree("this tree", REPO)
         other = export(args.against, tmp)
         trees = [here, other]
+        # this VM's speed drifts by a fifth within an hour: the bare interpreter's start says how fast it is now
+        bare = statistics.median(run_s([sys.executable, "-c", "pass"], REPO, dict(os.environ))[0] for _ in range(7))
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average "
-              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; {args.rounds} rounds, medians")  # fmt: skip
+              f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; `python -c pass` {bare:.3f} s; "
+              f"{args.rounds} rounds, medians")  # fmt: skip
         with stores(tmp, args.runs, args.postgres) as urls:
             for backend, url in urls.items():
                 seconds = measure(url, trees, args.rounds, tmp)
