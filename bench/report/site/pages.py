@@ -10,7 +10,6 @@ do not let a page fetch() files from file://, and a script file of the site's ow
 
 from __future__ import annotations
 
-import gc
 import multiprocessing as mp
 import os
 import sys
@@ -203,17 +202,13 @@ def _in_parallel(builder: Builder, work: list[Page]) -> list[Written]:
     workers = _workers()
     if workers < 2 or len(work) < 8 or "fork" not in mp.get_all_start_methods() or sys.platform == "darwin":
         return [_write(builder, page) for page in work]
-    # fork: the initializer's argument reaches each worker by inheritance, not by pickling. The parent's objects
-    # (a million samples) are frozen first: a worker's garbage collection would otherwise touch every one of
-    # them and copy the parent's memory page by page
-    gc.freeze()
+    # fork: the initializer's argument reaches each worker by inheritance, not by pickling
     with mp.get_context("fork").Pool(workers, initializer=_Forked.adopt, initargs=(builder,)) as pool:
         # the comparisons and histories come first and cost the most: one at a time, so no worker gets several
         first = [page for page in work if not isinstance(page, RunPageBatch)]
         rest = work[len(first) :]
         pending = [pool.map_async(_Forked.write, items, chunksize=1) for items in (first, rest) if items]
         outcomes = [outcome for p in pending for outcome in p.get()]
-    gc.unfreeze()
     for o in outcomes:
         builder.out.pages.update(o.pages)
         builder.out.written += o.written
