@@ -11,6 +11,7 @@ settings are not compared unless the caller asks for it.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Iterable
@@ -428,14 +429,11 @@ def _pool(
     runs = None if named_run is None else sorted({*side.run_ids, *extra})
     found_all = results_frame(session, runs, builds=[side.build], with_memory=False)
     own = found_all[found_all["result_id"].isin(side.result_ids)]
-    known: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
 
+    # once per run and token counts, not per result: a pool of 1,000 runs holds 25,000 results
+    @functools.cache
     def settings(run_id: Any, n_prompt: Any, n_gen: Any) -> dict[str, Any]:
-        # one per run and token counts, not per result: a pool of 1,000 runs holds 25,000 results
-        if (run_id, n_prompt, n_gen) not in known:
-            run = settings_of.get(int(run_id))
-            known[(run_id, n_prompt, n_gen)] = suite_settings({"n_prompt": n_prompt, "n_gen": n_gen}, run)
-        return known[(run_id, n_prompt, n_gen)]
+        return suite_settings({"n_prompt": n_prompt, "n_gen": n_gen}, settings_of.get(int(run_id)))
 
     keys = {
         (m, sha): settings(r, p, g)

@@ -290,9 +290,10 @@ def runs_frame(session: Session) -> pd.DataFrame:
 
 
 def attach_logs(session: Session, frame: pd.DataFrame) -> pd.DataFrame:
-    ids = [int(i) for i in frame["result_id"]]
-    logs = dict(session.execute(select(ResultLog.result_id, ResultLog.text).where(ResultLog.result_id.in_(ids))).all())
-    return frame.assign(log=[logs.get(i, "") for i in ids])
+    """`frame` (whole runs' results) with each result's load log, read by run (the same query for `bench results
+    --logs` and the site's run pages; a run's few ids bind, not one parameter per result)."""
+    logs = run_logs(session, sorted({int(r) for r in frame["run_id"]}))
+    return frame.assign(log=[logs.get(int(i), "") for i in frame["result_id"]])
 
 
 def run_logs(session: Session, run_ids: list[int]) -> dict[int, str]:

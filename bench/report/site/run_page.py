@@ -14,7 +14,7 @@ from bench.report import render
 from bench.report.site.output import content_key
 from bench.report.site.state import BuilderState
 from bench.store.predictions import PREDICTED_SOURCE
-from bench.store.queries import RESULT_COLUMNS, results_frame, run_logs
+from bench.store.queries import RESULT_COLUMNS, attach_logs, results_frame
 
 
 class RunPages(BuilderState):
@@ -33,9 +33,7 @@ class RunPages(BuilderState):
 
     def run_results(self, run_ids: list[int]) -> dict[int, pd.DataFrame]:
         """Every result of those runs as its run page shows it (samples, load log, roofline), per run."""
-        frame = results_frame(self.session, run_ids)
-        logs = run_logs(self.session, run_ids)
-        frame = frame.assign(log=[logs.get(i, "") for i in frame["result_id"].tolist()])
+        frame = attach_logs(self.session, results_frame(self.session, run_ids))
         frame = frame.join(self.roofline, on="result_id")
         return {int(r): g for r, g in frame.groupby("run_id", sort=True)}
 
@@ -187,17 +185,17 @@ def _h(value: Any) -> str:
     if kind is int or kind is float:
         return str(value)
     if kind is str and len(value) <= _SHORT_TEXT:
-        return _h_text(value)
+        return _h_short(value)
+    return _escaped_text(value)
+
+
+def _escaped_text(value: Any) -> str:
     return str(escape(visible_value(value)))
 
 
 # names, statuses, sizes and reasons repeat across 100,000 rows: each distinct short text is escaped once
 _SHORT_TEXT = 200
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _h_text(text: str) -> str:
-    return str(escape(visible_value(text)))
+_h_short = functools.lru_cache(maxsize=1 << 16)(_escaped_text)
 
 
 def _values(values: list[Any]) -> str:
