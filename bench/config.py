@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from bench.defaults import DEFAULT_CONFIG
 from bench.errors import ConfigError
 from bench.metrics import METRICS
-from bench.synth import QUANTS, SHAPES, SynthSpec, default_filename
+from bench.shapes import QUANT_NAMES, SHAPES, SynthSpec, default_filename
 
 DEFAULT_PYTHON = Path(".venv/bin/python")
 
@@ -36,8 +36,8 @@ class SynthConfig(_Strict):
     @field_validator("quant")
     @classmethod
     def _known_quant(cls, v: str) -> str:
-        if v not in QUANTS:
-            raise ValueError(f"unknown quant {v!r}; choose one of {', '.join(QUANTS)}")
+        if v not in QUANT_NAMES:
+            raise ValueError(f"unknown quant {v!r}; choose one of {', '.join(QUANT_NAMES)}")
         return v
 
     def spec(self) -> SynthSpec:

@@ -7,13 +7,10 @@ file (38.8 GB at Q4_0) never has to fit in memory.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import stat
 import struct
 import tempfile
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,54 +18,26 @@ from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType, TokenType
 
 from bench.errors import SynthError
 from bench.gguf_header import HeaderError, read_fields
+from bench.shapes import QUANT_NAMES, SHAPES, VOCAB_SIZE, Shape, SynthSpec
 
 SPEC_KEY = "perfgate.synth_spec"
-VOCAB_SIZE = 32000
 QK = 32  # elements per Q4_0 / Q8_0 block
 
-
-@dataclass(frozen=True)
-class Shape:
-    n_layer: int
-    d_model: int
-    d_ff: int
-    n_head: int
-    n_head_kv: int
-    n_vocab: int = VOCAB_SIZE
-
-    @property
-    def kv_dim(self) -> int:
-        return self.d_model // self.n_head * self.n_head_kv
-
-
-SHAPES: dict[str, Shape] = {
-    "tiny": Shape(4, 256, 704, 4, 4),
-    "small": Shape(8, 1024, 2816, 8, 8),
-    "7B": Shape(32, 4096, 11008, 32, 32),
-    "13B": Shape(40, 5120, 13824, 40, 40),
-    "34B": Shape(48, 8192, 22016, 64, 8),
-    "70B": Shape(80, 8192, 28672, 64, 8),
-}
-
-QUANTS: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = {
-    "F16": (GGMLQuantizationType.F16, LlamaFileType.MOSTLY_F16),
-    "Q8_0": (GGMLQuantizationType.Q8_0, LlamaFileType.MOSTLY_Q8_0),
-    "Q4_0": (GGMLQuantizationType.Q4_0, LlamaFileType.MOSTLY_Q4_0),
-}
+QUANTS: dict[str, tuple[GGMLQuantizationType, LlamaFileType]] = dict(
+    zip(
+        QUANT_NAMES,
+        [
+            (GGMLQuantizationType.F16, LlamaFileType.MOSTLY_F16),
+            (GGMLQuantizationType.Q8_0, LlamaFileType.MOSTLY_Q8_0),
+            (GGMLQuantizationType.Q4_0, LlamaFileType.MOSTLY_Q4_0),
+        ],
+        strict=True,
+    )
+)
 
 # bytes per block of QK elements: an fp16 scale, then the quants
 _BLOCK_BYTES = {GGMLQuantizationType.Q4_0: 2 + QK // 2, GGMLQuantizationType.Q8_0: 2 + QK}
 _POOL_BLOCKS = 1 << 20
-
-
-@dataclass(frozen=True)
-class SynthSpec:
-    shape: str
-    quant: str
-    seed: int = 0
-
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _tensor_plan(shape: Shape) -> list[tuple[str, tuple[int, ...], bool]]:
@@ -237,8 +206,3 @@ def _write(spec: SynthSpec, partial: Path) -> None:
     for index, (_name, tshape, quantized) in enumerate(plan):
         writer.write_tensor_data(source.tensor(index, tshape, quantized))
     writer.close()
-
-
-def default_filename(spec: SynthSpec) -> str:
-    """One name per spec: two seeds never share a file (seed 0 keeps the short name)."""
-    return f"{spec.shape}-{spec.quant}.gguf" if spec.seed == 0 else f"{spec.shape}-{spec.quant}-seed{spec.seed}.gguf"

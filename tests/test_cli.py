@@ -74,3 +74,10 @@ def test_a_command_that_needs_a_heavy_library_still_gets_it() -> None:
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
     assert len(errors) == 1 and errors[0].startswith("error: "), errors
+
+
+def test_reading_a_config_imports_neither_numpy_nor_gguf() -> None:
+    """A config names synthetic shapes and quants (bench.shapes); checking them needs no GGUF writer."""
+    code = "import sys, bench.config; print(sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'gguf'}))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

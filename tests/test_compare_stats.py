@@ -13,7 +13,7 @@ from scipy.special import betaln
 
 from bench.analysis import compare as cmp
 from bench.analysis.compare import mann_whitney_p, ratio_ci
-from bench.analysis.sequential import predicted_halfwidth, sign_rank_bound
+from bench.analysis.sequential import predicted_halfwidth, sign_rank_bound, t_quantile
 from tests.conftest import PYTHON
 
 
@@ -95,11 +95,41 @@ def test_sign_bound_is_the_beta_binomial_one() -> None:
     assert predicted_halfwidth(100, math.inf, 2.0, 0.05) == pytest.approx(2.0 * stats.norm.ppf(1.0 - k / 100))
 
 
-def test_compare_and_gate_import_no_scipy() -> None:
-    """What `bench compare` and `bench gate` import to judge: no scipy (0.9 s of import)."""
+def test_t_quantile_is_scipys() -> None:
+    """The dashboard's error bars: Student's t quantile as scipy.special.stdtrit gives it, in both tails, from
+    one degree of freedom (a Cauchy) to a million (the normal)."""
+    from scipy.special import stdtrit
+
+    for df in (1, 1.5, 2, 3, 4, 5, 9, 29, 99, 1000, 1e6):
+        for p in (0.5, 0.6, 0.9, 0.975, 0.995, 0.999999, 0.025, 1e-6):
+            assert t_quantile(p, df) == pytest.approx(stdtrit(df, p), rel=1e-8, abs=1e-12), (p, df)
+    assert t_quantile(0.975, 1) == pytest.approx(math.tan(math.pi * 0.475), rel=1e-10)  # closed form at df 1
+    for bad in ((0.0, 3), (1.0, 3), (0.5, 0)):
+        with pytest.raises(ValueError):
+            t_quantile(*bad)
+
+
+def test_compare_gate_and_dashboard_import_no_scipy() -> None:
+    """What `bench compare`, `bench gate` and `bench dashboard` import to judge and draw: no scipy (0.9 s of
+    scipy.stats, 0.25 s of scipy.special)."""
     code = (
-        "import sys, bench.analysis.compare, bench.analysis.gate, bench.analysis.sampling, bench.report.render;"
+        "import sys, bench.analysis.compare, bench.analysis.gate, bench.analysis.sampling, bench.report.render,"
+        " bench.report.dashboard;"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy'))"
     )
     out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_dashboard_error_bars_are_the_t_interval() -> None:
+    """A result's 95% error bar from its stored std and repetitions: t(0.975, n−1)·std/√n, none for one
+    repetition or none recorded."""
+    import pandas as pd
+
+    from bench.report.site.data import ci95
+
+    frame = pd.DataFrame({"tg_ts_std": [2.0, 2.0, 0.5, 1.0, None], "repetitions": [5, 30, 2, 1, None]})
+    got = ci95(frame, "tg_ts").tolist()
+    for value, (std, n) in zip(got[:3], [(2.0, 5), (2.0, 30), (0.5, 2)], strict=True):
+        assert value == pytest.approx(stats.t.ppf(0.975, n - 1) * std / math.sqrt(n), rel=1e-9)
+    assert math.isnan(got[3]) and math.isnan(got[4])

@@ -10,7 +10,8 @@ from gguf import GGUFReader
 
 from bench.config import load_config
 from bench.errors import SynthError
-from bench.synth import _BLOCK_BYTES, QK, QUANTS, SHAPES, SynthSpec, _tensor_plan, default_filename, synthesize
+from bench.shapes import SHAPES, SynthSpec, default_filename
+from bench.synth import _BLOCK_BYTES, QK, QUANTS, _tensor_plan, synthesize
 from tests.conftest import bench_cli
 
 

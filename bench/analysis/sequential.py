@@ -25,6 +25,7 @@ wheel), and has no unknown-variance t-sequence, so both are the few lines below.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -93,6 +94,58 @@ def sign_rank_bound(n: int, alpha: float, a: float = SIGN_A) -> int:
 
 def _betaln(x: float, y: float) -> float:
     return math.lgamma(x) + math.lgamma(y) - math.lgamma(x + y)
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """The continued fraction of the incomplete beta function (modified Lentz; Numerical Recipes §6.4)."""
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 1000):
+        for num in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b)."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    log_front = a * math.log(x) + b * math.log1p(-x) - _betaln(a, b)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+@functools.cache
+def t_quantile(p: float, df: float) -> float:
+    """Student's t quantile (scipy.special.stdtrit's value, without scipy's import): bisection on the t
+    distribution's upper tail, ½·I_{df/(df+t²)}(df/2, ½)."""
+    if not 0.0 < p < 1.0 or df <= 0:
+        raise ValueError(f"t_quantile: p {p} outside (0, 1) or df {df} not positive")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    tail = 1.0 - p
+
+    def upper(t: float) -> float:
+        return 0.5 * _betainc(df / 2.0, 0.5, df / (df + t * t))
+
+    low, high = 0.0, 1.0
+    while upper(high) > tail:
+        low, high = high, high * 2.0
+    while high - low > 1e-13 * high:
+        mid = (low + high) / 2.0
+        low, high = (mid, high) if upper(mid) > tail else (low, mid)
+    return (low + high) / 2.0
 
 
 def first_bounded(alpha: float) -> int:

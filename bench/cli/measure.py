@@ -107,7 +107,8 @@ def synth(
     seed: int = 0,
 ) -> None:
     """Write a deterministic synthetic llama GGUF (skips an identical existing file)."""
-    from bench.synth import SynthSpec, default_filename, synthesize
+    from bench.shapes import SynthSpec, default_filename
+    from bench.synth import synthesize
 
     spec = SynthSpec(shape, quant, seed)
     target = out or Path("models") / default_filename(spec)
