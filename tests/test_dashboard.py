@@ -22,6 +22,7 @@ from bench.config import DashboardConfig, load_config
 from bench.errors import ConfigError
 from bench.escape import visible
 from bench.report.dashboard import build_site
+from bench.report.site import history_page
 from bench.report.site.output import MARKER
 from bench.runner import run_matrix
 from bench.store.db import open_store
@@ -174,11 +175,23 @@ def test_overview_shows_verdicts_ratios_and_escapes_names(browser: Browser, site
     assert page.locator("li.new-change").count() == 1 and page.locator("li.new-failure").count() == 0
 
 
+def _history_line(site: Path, stem: str, metric: str, build: str) -> dict[str, Any]:
+    """One build's points of a history, its blocks joined in the order its head names them (as site.js does)."""
+    head = json.loads((site / "data" / f"history-{stem}.json").read_text())
+    line: dict[str, Any] = {"x": [], "run": [], "y": [], "status": []}
+    for name in head["blocks"]:
+        for part in json.loads((site / "data" / f"{name}.json").read_text())["lines"]:
+            if part["build"] == build:
+                for k in ("x", "run", "status"):
+                    line[k] += part[k]
+                line["y"] += part["y"][metric]
+    return line
+
+
 def test_history_hover_shows_build_commit_and_value(browser: Browser, site: Path, tmp_path: Path) -> None:
     page, errors, dialogs = _history_page(browser, site, "tiny-q4")
     assert errors == [] and dialogs == []
-    data = json.loads((site / "data" / f"history-{Path(page.url).stem}.json").read_text())
-    line = next(ln for ln in data["series"]["tg_ts"]["lines"] if ln["build"] == "baseline")
+    line = _history_line(site, Path(page.url).stem, "tg_ts", "baseline")
     x, y = _point_xy(page, "tg_ts", "ok", "baseline", 1)
     page.mouse.move(x, y)
     hover = page.locator("#chart-tg_ts .hoverlayer")
@@ -198,8 +211,7 @@ def test_failed_load_is_drawn_at_its_build_with_its_status(browser: Browser, sit
              .filter(t => t.meta === 'failed').map(t => [t.name, t.x])"""
     )
     assert [name for name, _ in failed] == ["no-lib: failed load"]
-    data = json.loads((site / "data" / f"history-{Path(page.url).stem}.json").read_text())
-    runs_x = next(ln for ln in data["series"]["tg_ts"]["lines"] if ln["build"] == "no-lib")["x"]
+    runs_x = _history_line(site, Path(page.url).stem, "tg_ts", "no-lib")["x"]
     # at both nightlies (dodged by a fraction beside the other builds of the run), not at an arbitrary place
     assert [round(x) for x in failed[0][1]] == runs_x and len(runs_x) == 2
     x, y = _point_xy(page, "tg_ts", "failed", "no-lib", 0)
@@ -416,8 +428,9 @@ def test_standing_rule_keys_by_model_name_and_prefers_finished() -> None:
 
 
 def test_adding_a_run_rewrites_only_the_pages_it_touches(
-    models_dir: Path, write_config: Callable[..., Path], db_url: str, tmp_path: Path
+    models_dir: Path, write_config: Callable[..., Path], db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(history_page, "HISTORY_BLOCK", 2)  # runs 1 and 2 in the history's first block, 3 in its next
     cfg = load_config(write_config([{"name": "tiny-q4", "path": str(models_dir / "tiny-Q4_0.gguf")}]))
     out = tmp_path / "site"
     with open_store(db_url) as store:
@@ -445,6 +458,15 @@ def test_adding_a_run_rewrites_only_the_pages_it_touches(
     added = set(now) - set(inode)
     assert len([p for p in added if str(p).startswith("compare/")]) == 1  # run 3 against run 2
     assert report.written == len(rewritten) - 1 + len(added)  # the marker is written apart
+    # the history's points: the full block of runs 1–2 kept, run 3's block added, the head naming both rewritten
+    (stem,) = {p.stem for p in now if p.parts[0] == "history"}
+    head = json.loads((out / "data" / f"history-{stem}.json").read_text())
+    assert head["blocks"] == [f"history-{stem}-0", f"history-{stem}-1"]
+    for ext in (".js", ".json"):
+        assert now[Path(f"data/history-{stem}-0{ext}")] == inode[Path(f"data/history-{stem}-0{ext}")]
+        assert Path(f"data/history-{stem}-1{ext}") in added
+        assert Path(f"data/history-{stem}{ext}") in rewritten
+    assert _history_line(out, stem, "tg_ts", "local")["run"] == [1, 2, 3]
 
 
 def _dead_links(site: Path) -> list[str]:

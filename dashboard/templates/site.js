@@ -105,10 +105,47 @@
     }, config).then(function () { el.setAttribute("data-ready", "1"); });
   }
 
+  // a history's points come in blocks of runs (one more nightly rewrites only the newest): joined here, in the
+  // order the head names them, into one line per build (builds in the order they first appear)
+  function joinBlocks(head, blocks) {
+    var lines = [], byBuild = {};
+    head.blocks.forEach(function (name) {
+      (blocks[name] ? blocks[name].lines : []).forEach(function (part) {
+        var line = byBuild[part.build];
+        if (!line) {
+          line = byBuild[part.build] = { build: part.build, x: [], status: [], ok: [], run: [], commit: [], date: [],
+            y: {}, ci: {}, roofline: [] };
+          lines.push(line);
+        }
+        ["x", "status", "ok", "run", "commit", "date", "roofline"].forEach(function (k) {
+          Array.prototype.push.apply(line[k], part[k]);
+        });
+        ["y", "ci"].forEach(function (k) {
+          Object.keys(part[k]).forEach(function (metric) {
+            line[k][metric] = (line[k][metric] || []).concat(part[k][metric]);
+          });
+        });
+      });
+    });
+    Object.keys(head.series).forEach(function (metric) {
+      head.series[metric].lines = lines.map(function (line) {
+        return { build: line.build, x: line.x, status: line.status, ok: line.ok, run: line.run, commit: line.commit,
+          date: line.date, y: line.y[metric] || [], ci: line.ci[metric] || [],
+          roofline: metric === "tg_ts" ? line.roofline : null };
+      });
+    });
+    return head;
+  }
+
+  var blocks = {};
+  (window.perfgateData || []).forEach(function (payload) {
+    if (payload.chart === "history-block") blocks[payload.block] = payload;
+  });
   (window.perfgateData || []).forEach(function (payload) {
     if (payload.chart === "history") {
+      var joined = joinBlocks(payload, blocks);
       document.querySelectorAll(".chart[data-metric]").forEach(function (el) {
-        historyChart(payload, el.getAttribute("data-metric"), el);
+        historyChart(joined, el.getAttribute("data-metric"), el);
       });
     } else if (payload.chart === "compare") {
       var el = document.getElementById("chart-compare");

@@ -14,55 +14,31 @@ from bench.report.site.data import SiteData
 from bench.report.site.output import content_key, file_key
 from bench.report.site.state import BuilderState
 
+# a history's points are written in blocks of this many of its machine's runs: one more nightly rewrites the
+# newest block only (and the small head naming the blocks), not a thousand runs of points
+HISTORY_BLOCK = 128
+
 
 class HistoryPages(BuilderState):
     def history_rel(self, fp: str, model: str) -> str:
         return f"history/{file_key(fp, model)}.html"
 
-    def history_payload(self, fp: str, model: str, rows: pd.DataFrame) -> dict[str, Any]:
+    def history_head(self, fp: str, model: str, blocks: list[str]) -> dict[str, Any]:
+        """What a history's chart needs besides its points: the metrics, change points, axis ticks and the names
+        of its point blocks (site.js joins them, in order, into one line per build)."""
         changes = self.data.changes
         marks = changes[(changes["machine_fingerprint"] == fp) & (changes["model"] == model)]
         run_x = self.data.run_x
-        series: dict[str, Any] = {}
-        rows = rows.sort_values(["x", "result_id"])
-        # what every metric's points share, once per build line
-        common = {}
-        for build, b in rows.groupby("build", sort=False):
-            runs = b["run_id"].astype(int).tolist()
-            common[str(build)] = (
-                b,
-                {
-                    "build": str(build),
-                    "x": b["x"].tolist(),
-                    "status": [str(v) for v in b["status"].tolist()],
-                    "ok": [v == Status.OK for v in b["status"].tolist()],
-                    "run": runs,
-                    "commit": [str(v) for v in b["commit"].tolist()],
-                    "date": [self.run_date.get(r, "") for r in runs],
-                },
-            )
-        for metric, spec in METRICS.items():
-            lines = [
-                {
-                    **shared,
-                    "y": floats(b[metric]),
-                    "ci": floats(b[f"{metric}_ci95"]) if f"{metric}_ci95" in b else [None] * len(b),
-                    "roofline": floats(b["tg_roofline_pct"]) if metric == "tg_ts" else None,
-                }
-                for b, shared in common.values()
-            ]
-            series[metric] = {
-                "label": spec.label,
-                "unit": spec.unit,
-                "higher_is_better": spec.higher_is_better,
-                "lines": lines,
-            }
         return {
             "chart": "history",
             "machine": fp,
             "host": self.hosts.get(fp, ""),
             "model": model,
-            "series": series,
+            "series": {
+                metric: {"label": spec.label, "unit": spec.unit, "higher_is_better": spec.higher_is_better}
+                for metric, spec in METRICS.items()
+            },
+            "blocks": blocks,
             "changes": [
                 {
                     **plain(c),
@@ -74,20 +50,50 @@ class HistoryPages(BuilderState):
             "ticks": _ticks(self.data, fp),
         }
 
+    def history_block(self, name: str, rows: pd.DataFrame) -> dict[str, Any]:
+        """One block of a history's points: per build line (in the order builds first appear), each point's
+        position, status, run, commit and date once, and its value and 95% CI per metric."""
+        lines = []
+        for build, b in rows.groupby("build", sort=False):
+            runs = b["run_id"].astype(int).tolist()
+            status = [str(v) for v in b["status"].tolist()]
+            lines.append(
+                {
+                    "build": str(build),
+                    "x": b["x"].tolist(),
+                    "status": status,
+                    "ok": [v == Status.OK for v in status],
+                    "run": runs,
+                    "commit": [str(v) for v in b["commit"].tolist()],
+                    "date": [self.run_date.get(r, "") for r in runs],
+                    "y": {metric: floats(b[metric]) for metric in METRICS},
+                    "ci": {m: floats(b[f"{m}_ci95"]) for m in METRICS if f"{m}_ci95" in b},
+                    "roofline": floats(b["tg_roofline_pct"]),
+                }
+            )
+        return {"chart": "history-block", "block": name, "lines": lines}
+
     def history_page(self, fp: str, model: str, rows: pd.DataFrame) -> dict[str, Any]:
         rel = self.history_rel(fp, model)
         stem = f"history-{Path(rel).stem}"
+        rows = rows.sort_values(["x", "result_id"])
+        xs, ids = rows["x"].tolist(), rows["result_id"].tolist()
+        bandwidth = float(rows["bandwidth_gbs"].fillna(0).max())  # the roofline's denominator
+        at: dict[int, list[int]] = {}
+        for position, x in enumerate(xs):
+            at.setdefault(x // HISTORY_BLOCK, []).append(position)
+        blocks = []
+        for number, positions in at.items():
+            name = f"{stem}-{number}"
+            results = [self.rkey[ids[p]] for p in positions]
+            key = content_key(self.version, fp, model, number, results, [xs[p] for p in positions], bandwidth)
+            if not all(self.out.unchanged(f"data/{name}{ext}", key) for ext in (".js", ".json")):
+                text = json_text(self.history_block(name, rows.iloc[positions]))
+                self.out.write(f"data/{name}.json", text, key)
+                self.out.write(f"data/{name}.js", data_script(text), key)
+            blocks.append((name, key))
         changes = self.data.changes
         marks = changes[(changes["machine_fingerprint"] == fp) & (changes["model"] == model)]
-        key = content_key(
-            self.version,
-            fp,
-            model,
-            self.keys_of(rows["result_id"].tolist()),
-            rows["x"].tolist(),
-            plain(marks.to_dict(orient="records")),
-            float(rows["bandwidth_gbs"].fillna(0).max()),
-        )
         entry = {
             "machine": fp,
             "host": self.hosts.get(fp, ""),
@@ -97,10 +103,11 @@ class HistoryPages(BuilderState):
             "failed": int((rows["status"] != Status.OK).sum()),
             "changes": len(marks),
         }
+        ticks = _ticks(self.data, fp)
+        key = content_key(self.version, entry, blocks, plain(marks.to_dict(orient="records")), ticks)
         if all(self.out.unchanged(r, key) for r in (rel, f"data/{stem}.js", f"data/{stem}.json")):
             return entry
-        payload = self.history_payload(fp, model, rows)
-        text = json_text(payload)
+        text = json_text(self.history_head(fp, model, [name for name, _ in blocks]))
         self.out.write(f"data/{stem}.json", text, key)
         self.out.write(f"data/{stem}.js", data_script(text), key)
         self.render(
@@ -111,7 +118,7 @@ class HistoryPages(BuilderState):
             metrics=list(METRICS.values()),
             title=f"perfgate — history of {model} on {entry['host']}",
             data=f"data/{stem}.json",
-            scripts=["plotly.min.js", f"data/{stem}.js", "site.js"],
+            scripts=["plotly.min.js", f"data/{stem}.js", *(f"data/{name}.js" for name, _ in blocks), "site.js"],
         )
         return entry
 
