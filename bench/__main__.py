@@ -1,3 +1,4 @@
 from bench.cli import main
 
-main()
+if __name__ == "__main__":  # a spawned worker imports this module as __mp_main__: it must not run the CLI again
+    main()

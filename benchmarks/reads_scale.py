@@ -10,9 +10,10 @@ throwaway PostgreSQL server (tests/pg_server.py). On it, each tree's own console
 - `bench dashboard` from nothing, then again after one more nightly run is stored (only what it touches),
   each as many rounds as the reads (the second on a hard-linked copy of the first's site every round).
 
-    .venv/bin/python benchmarks/reads_scale.py --against 640bbf8 [--runs 1000] [--rounds 3] [--postgres]
+    .venv/bin/python benchmarks/reads_scale.py --against 640bbf8 [--against REF ...] [--runs 1000] [--rounds 3]
+        [--postgres]
 
-The ratio is the other ref's seconds over this tree's: above 1, this tree is faster.
+A ratio is the other ref's seconds over this tree's: above 1, this tree is faster.
 """
 
 from __future__ import annotations
@@ -106,7 +107,9 @@ def measure(url: str, trees: list[Tree], rounds: int, tmp: Path) -> dict[tuple[s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--against", metavar="REF", required=True, help="the other git ref (git archive)")
+    parser.add_argument(
+        "--against", metavar="REF", required=True, action="append", help="another git ref (git archive); repeatable"
+    )
     parser.add_argument("--runs", type=int, default=1000, help="nightly runs of 4 builds × 25 models")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the read commands")
     parser.add_argument("--postgres", action="store_true", help="also on a throwaway PostgreSQL server")
@@ -114,8 +117,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="reads-scale-") as tmp_name:
         tmp = Path(tmp_name)
         here = Tree("this tree", REPO)
-        other = export(args.against, tmp)
-        trees = [here, other]
+        others = [export(ref, tmp) for ref in args.against]
+        trees = [here, *others]
         # this VM's speed drifts by a fifth within an hour: the bare interpreter's start says how fast it is now
         bare = statistics.median(run_s([sys.executable, "-c", "pass"], REPO, dict(os.environ))[0] for _ in range(7))
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average "
@@ -124,13 +127,17 @@ def main() -> None:
         with stores(tmp, args.runs, args.postgres) as urls:
             for backend, url in urls.items():
                 seconds = measure(url, trees, args.rounds, tmp)
-                print(f"\n{backend}: {'command':<18} {'goal s':>7} {'this tree s':>12} {other.label + ' s':>14} ratio")
+                pad = " " * (len(backend) + 1)
+                head = "".join(f" {o.label + ' s':>12} ratio" for o in others)
+                print(f"\n{backend}: {'command':<18} {'goal s':>7} {'this tree s':>12}{head}")
                 for what, goal in GOALS.items():
                     a = statistics.median(seconds[(here.label, what)])
-                    b = statistics.median(seconds[(other.label, what)])
                     mark = "ok" if a <= goal else "OVER"
-                    pad = " " * (len(backend) + 1)
-                    print(f"{pad} {what:<18} {goal:>7.1f} {a:>9.2f} {mark:<4} {b:>12.2f} {b / a:>6.1f}×")
+                    cells = ""
+                    for o in others:
+                        b = statistics.median(seconds[(o.label, what)])
+                        cells += f" {b:>12.2f} {b / a:>4.1f}×"
+                    print(f"{pad} {what:<18} {goal:>7.1f} {a:>9.2f} {mark:<4}{cells}")
 
 
 if __name__ == "__main__":

@@ -45,11 +45,11 @@ class Tree:
 
 def export(ref: str, into: Path) -> Tree:
     """The files of `ref`, as `git archive` gives them (no build outputs, no uncommitted edits)."""
-    archive = into / "tree.tar"
+    archive, root = into / f"tree-{ref}.tar", into / f"tree-{ref}"  # one folder a ref: several refs in one run
     subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", "-o", str(archive), ref], check=True)
     with tarfile.open(archive) as tar:
-        tar.extractall(into / "tree", filter="data")
-    return Tree(ref, into / "tree")
+        tar.extractall(root, filter="data")
+    return Tree(ref, root)
 
 
 def tree_env(tree: Tree) -> dict[str, str]:

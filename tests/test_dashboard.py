@@ -269,6 +269,27 @@ def test_comparison_pages_only_for_baseline_and_previous_nightly(browser: Browse
     assert "nan" not in run.locator("td.cell").evaluate_all("cells => cells.map(c => c.title)")
 
 
+def test_run_pages_show_what_the_store_holds_for_the_run(site: Path, tmp_path: Path) -> None:
+    """A run page's rows are the site data's (read once for the whole site) with their samples, memory and
+    load logs read for the page's runs: the same frame `bench results --run N --logs` reads from the store."""
+    from bench.config import GateConfig
+    from bench.report.site import data as site_data
+    from bench.report.site.output import SiteOutput
+    from bench.report.site.pages import Builder
+    from bench.store.queries import attach_logs
+
+    with open_store(f"sqlite:///{site.parent / 'perfgate.sqlite'}") as store, store.session() as session:
+        data = site_data.load(session, DashboardConfig(baseline="baseline"), GateConfig())
+        out = SiteOutput(tmp_path / "out")
+        runs = sorted({int(r) for r in data.results["run_id"]})
+        shown = Builder(session, data, out).run_results(runs)
+        out.abort()
+        assert runs == [1, 2]
+        expected = attach_logs(session, results_frame(session, runs))
+        assert expected["samples_tg_ns"].map(len).sum() > 0 and expected["log"].str.len().sum() > 0
+        pd.testing.assert_frame_equal(shown.drop(columns="tg_roofline_pct"), expected.reset_index(drop=True))
+
+
 def test_roofline_above_100_percent_is_flagged(site: Path) -> None:
     # the machine's bandwidth set absurdly low: every measured generation speed is "faster than memory"
     from bench.machine import collect
@@ -500,30 +521,32 @@ def test_a_kept_run_page_never_links_to_a_comparison_the_window_dropped(
     assert _dead_links(out) == []
 
 
-def test_forked_workers_write_the_site_the_serial_build_writes(
+def test_forked_and_spawned_workers_write_the_site_the_serial_build_writes(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Run pages read their own results in the worker that writes them, on a connection of its own (SQLite and
-    PostgreSQL alike): the site is byte for byte the one a single process writes."""
+    """Run pages read their samples and logs in the worker that writes them, on a connection of its own (SQLite
+    and PostgreSQL alike); workers forked (Linux) or spawned from one pickle of the builder (macOS, where fork is
+    unsafe): the site is byte for byte the one a single process writes."""
     from bench.report.site import pages
     from benchmarks.dashboard_scale import fill
 
     if pages._workers() < 2:
-        pytest.skip("one CPU: the site is never written by forked workers here")
+        pytest.skip("one CPU: the site is never written by workers here")
     fill(db_url, 12, 2, 3)
     with open_store(db_url) as store:
-        parallel = build_site(store, tmp_path / "parallel")
+        forked = build_site(store, tmp_path / "forked")
+        monkeypatch.setattr(pages, "START_METHOD", "spawn")
+        spawned = build_site(store, tmp_path / "spawned")
         monkeypatch.setattr(pages, "_workers", lambda: 1)
         serial = build_site(store, tmp_path / "serial")
     # 12 runs, 3 histories, 7 nightlies of each build, build-1 against build-0, the overview and history index
-    assert parallel.pages == serial.pages == 12 + 3 + 2 * 7 + 1 + 2
+    assert forked.pages == spawned.pages == serial.pages == 12 + 3 + 2 * 7 + 1 + 2
     files = sorted(p.relative_to(tmp_path / "serial") for p in (tmp_path / "serial").rglob("*") if p.is_file())
-    assert files == sorted(
-        p.relative_to(tmp_path / "parallel") for p in (tmp_path / "parallel").rglob("*") if p.is_file()
-    )
-    for rel in files:
-        if str(rel) != MARKER:
-            assert (tmp_path / "parallel" / rel).read_bytes() == (tmp_path / "serial" / rel).read_bytes(), rel
+    for other in ("forked", "spawned"):
+        assert files == sorted(p.relative_to(tmp_path / other) for p in (tmp_path / other).rglob("*") if p.is_file())
+        for rel in files:
+            if str(rel) != MARKER:
+                assert (tmp_path / other / rel).read_bytes() == (tmp_path / "serial" / rel).read_bytes(), (other, rel)
 
 
 @pytest.mark.slow

@@ -147,13 +147,17 @@ def _joined(session: Session, found: dict[str, list[Any]]) -> dict[str, list[Any
     return out
 
 
-def with_samples(session: Session, frame: pd.DataFrame) -> pd.DataFrame:
-    """A copy of a `results_frame(session, with_samples=False, with_memory=False)` read of the whole store, its
-    samples and memory filled in: what `results_frame(session)` returns, without reading the results again."""
+def with_samples(session: Session, frame: pd.DataFrame, run_ids: list[int] | None = None) -> pd.DataFrame:
+    """A copy of a `results_frame(session, with_samples=False, with_memory=False)` read (of the whole store, or of
+    `run_ids` only), its samples and memory filled in: what `results_frame(session, run_ids)` returns, without
+    reading the results again."""
     out = frame[RESULT_COLUMNS].copy()
     if len(out):
-        _attach_samples(session, out, None)
-        ids, documents = read_columns(session, select(Result.id, Result.memory)).values()
+        _attach_samples(session, out, run_ids)
+        stmt = select(Result.id, Result.memory)
+        if run_ids is not None:
+            stmt = stmt.where(Result.run_id.in_(run_ids))
+        ids, documents = read_columns(session, stmt).values()
         memory = dict(zip(ids, documents, strict=True))
         out["memory"] = [memory[i] for i in out["result_id"].tolist()]
     return out

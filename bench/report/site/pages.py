@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from bench.analysis.gate import Verdict
@@ -31,8 +34,9 @@ from bench.report.site.data import Pair, SiteData
 from bench.report.site.history_page import HistoryPages
 from bench.report.site.output import SiteOutput
 from bench.report.site.overview import history_index, overview
-from bench.report.site.run_page import RunPages
+from bench.report.site.run_page import RunPage, RunPages
 from bench.store.annotations import engine_of
+from bench.store.db import make_engine
 from bench.store.queries import results_frame, with_samples
 from bench.store.standing import standing
 
@@ -89,9 +93,22 @@ class Builder(ComparePages, RunPages, HistoryPages):
         by_fp = data.machines.drop_duplicates("fingerprint").set_index("fingerprint", drop=False)
         self.machine_series = {fp: by_fp.iloc[i] for i, fp in enumerate(by_fp.index)}
         self.builds_of: dict[frozenset[str], list[dict[str, Any]]] = {}
-        # what run pages add to a result read from the store: its machine's bandwidth and roofline
-        self.roofline = res.set_index("result_id")[["tg_roofline_pct", "bandwidth_gbs"]]
         self.history_rows: dict[tuple[str, str], pd.DataFrame] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a spawned worker receives (pickled once for all of them): everything but the connection and the
+        template environment, which it makes anew; the store's URL, so that it connects on its own."""
+        state = {k: v for k, v in self.__dict__.items() if k not in ("session", "env")}
+        engine = self.session.get_bind()
+        assert isinstance(engine, Engine)
+        state["db_url"] = engine.url.render_as_string(hide_password=False)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        url = state.pop("db_url")
+        self.__dict__.update(state)
+        self.env = environment()
+        self.session = Session(bind=make_engine(url, create=False))
 
     def load_samples(self, result_ids: set[int]) -> None:
         """Samples of the results some comparison needs (all at once when that is most of the store)."""
@@ -125,13 +142,6 @@ class ComparePage:
 
 
 @dataclass(frozen=True)
-class RunPage:
-    run_id: int
-    key: str
-    links: dict[str, str]
-
-
-@dataclass(frozen=True)
 class RunPageBatch:
     """Run pages written by one worker, which reads their results, samples and logs itself: the reading is
     shared out like the writing (a million samples read by the parent alone were a fifth of a full build)."""
@@ -139,10 +149,7 @@ class RunPageBatch:
     pages: tuple[RunPage, ...]
 
     def write(self, b: Builder) -> None:
-        frames = b.run_results([p.run_id for p in self.pages])
-        for p in self.pages:
-            if p.run_id in frames:  # results deleted since the site data were read: no page
-                b.run_page(p.run_id, frames[p.run_id], p.key, p.links)
+        b.run_pages(self.pages)
 
 
 @dataclass(frozen=True)
@@ -177,8 +184,9 @@ def _write(b: Builder, page: Page) -> Written:
 
 
 class _Forked:
-    """A forked worker's builder: inherited from the parent by fork (the frames are shared, never pickled);
-    a work item carries only what names its page."""
+    """A worker's builder: inherited from the parent by fork (the frames are shared, never pickled), or, where
+    fork is unsafe (macOS) or missing, unpickled from one copy the parent made; a work item carries only what
+    names its page."""
 
     builder: Builder | None = None
 
@@ -186,6 +194,10 @@ class _Forked:
     def adopt(cls, builder: Builder) -> None:
         builder.reconnect()
         cls.builder = builder
+
+    @classmethod
+    def adopt_pickled(cls, state: bytes) -> None:
+        cls.builder = pickle.loads(state)  # the parent's own pickle, handed over by multiprocessing
 
     @classmethod
     def write(cls, page: Page) -> Written:
@@ -197,13 +209,30 @@ def _workers() -> int:
     return min(os.cpu_count() or 1, 8)
 
 
+def _start_method() -> str | None:
+    """How workers start: fork where it is safe (its workers inherit the frames); spawn on macOS, whose system
+    frameworks make fork unsafe, and wherever fork is missing; none: one process writes the site."""
+    methods = mp.get_all_start_methods()
+    if "fork" in methods and sys.platform != "darwin":
+        return "fork"
+    return "spawn" if "spawn" in methods else None
+
+
+START_METHOD = _start_method()
+
+
 def _in_parallel(builder: Builder, work: list[Page]) -> list[Written]:
-    """Each page's outcome; files written by forked workers are added to the parent's count and manifest."""
+    """Each page's outcome; files written by the workers are added to the parent's count and manifest."""
     workers = _workers()
-    if workers < 2 or len(work) < 8 or "fork" not in mp.get_all_start_methods() or sys.platform == "darwin":
+    if workers < 2 or len(work) < 8 or START_METHOD is None:
         return [_write(builder, page) for page in work]
-    # fork: the initializer's argument reaches each worker by inheritance, not by pickling
-    with mp.get_context("fork").Pool(workers, initializer=_Forked.adopt, initargs=(builder,)) as pool:
+    initializer: Callable[..., None]
+    initargs: tuple[Any, ...]
+    if START_METHOD == "fork":  # the initializer's argument reaches each worker by inheritance, not by pickling
+        initializer, initargs = _Forked.adopt, (builder,)
+    else:  # one pickle for all workers (multiprocessing would pickle the builder once per worker)
+        initializer, initargs = _Forked.adopt_pickled, (pickle.dumps(builder, pickle.HIGHEST_PROTOCOL),)
+    with mp.get_context(START_METHOD).Pool(workers, initializer=initializer, initargs=initargs) as pool:
         # the comparisons and histories come first and cost the most: one at a time, so no worker gets several
         first = [page for page in work if not isinstance(page, RunPageBatch)]
         rest = work[len(first) :]

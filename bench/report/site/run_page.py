@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import collections
 import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -14,7 +16,7 @@ from bench.report import render
 from bench.report.site.output import content_key
 from bench.report.site.state import BuilderState
 from bench.store.predictions import PREDICTED_SOURCE
-from bench.store.queries import RESULT_COLUMNS, attach_logs, results_frame
+from bench.store.queries import RESULT_COLUMNS, attach_logs, with_samples
 
 
 class RunPages(BuilderState):
@@ -31,11 +33,15 @@ class RunPages(BuilderState):
             links,
         )
 
-    def run_results(self, run_ids: list[int]) -> dict[int, pd.DataFrame]:
-        """Every result of those runs as its run page shows it (samples, load log, roofline), per run."""
-        frame = attach_logs(self.session, results_frame(self.session, run_ids))
-        frame = frame.join(self.roofline, on="result_id")
-        return {int(r): g for r, g in frame.groupby("run_id", sort=True)}
+    def run_results(self, run_ids: list[int]) -> pd.DataFrame:
+        """Every result of those runs as their run pages show it (samples, load log, roofline), ordered by run
+        and result: the rows the site data hold (a worker's inheritance), their samples, memory and logs read for
+        these runs."""
+        res = self.data.results
+        mine = res[res["run_id"].isin(run_ids)]
+        frame = attach_logs(self.session, with_samples(self.session, mine, run_ids))
+        frame["tg_roofline_pct"] = mine["tg_roofline_pct"].to_numpy()
+        return frame.sort_values(["run_id", "result_id"], kind="stable").reset_index(drop=True)
 
     def builds_shown(self, names: frozenset[str]) -> list[dict[str, Any]]:
         if names not in self.builds_of:
@@ -43,33 +49,52 @@ class RunPages(BuilderState):
             self.builds_of[names] = render.records(found[found["name"].isin(names)] if len(found) else found)
         return self.builds_of[names]
 
-    def run_page(self, run_id: int, res: pd.DataFrame, key: str, links: dict[str, str]) -> None:
-        # the rows' values as plain columns (no frame assigned to: a copy of a wide frame costs more than a row)
-        shown = {**{c: res[c].tolist() for c in _RUN_ROW if c in res.columns}, **display_columns(res)}
-        rows = [_RunRow(*t) for t in zip(*(shown[c] for c in _RUN_ROW), strict=True)]
+    def run_pages(self, pages: Sequence[RunPage]) -> None:
+        """The pages of a batch of runs: their results read in one query, and each value of their rows taken
+        out of the frame and formatted once for the batch (per-page column reads cost more than the markup)."""
+        frame = self.run_results([p.run_id for p in pages])
+        shown = {**{c: frame[c].tolist() for c in _RUN_ROW if c in frame.columns}, **display_columns(frame)}
+        rows = [result_rows(_RunRow(*t)) for t in zip(*(shown[c] for c in _RUN_ROW), strict=True)]
+        exported = frame[[*RESULT_COLUMNS, "log", "tg_roofline_pct"]]
+        bounds: dict[int, list[int]] = {}
+        for i, run in enumerate(frame["run_id"].tolist()):
+            bounds.setdefault(int(run), [i, i])[1] = i + 1
+        for p in pages:
+            if p.run_id not in bounds:  # no results (deleted since the site data were read): no page
+                continue
+            a, b = bounds[p.run_id]
+            self.run_page(p, frame.iloc[a:b], rows[a:b], exported.iloc[a:b])
+
+    def run_page(self, page: RunPage, res: pd.DataFrame, rows: list[Markup], exported: pd.DataFrame) -> None:
+        run_id = page.run_id
         run = self.runs_by_id.iloc[self.runs_by_id.index.get_loc(run_id)]
         machine = self.machine_series[run["machine_fingerprint"]]
-        self.out.write(
-            f"data/run-{run_id}.json",
-            # a missing roofline (NaN) is written as null
-            res[[*RESULT_COLUMNS, "log", "tg_roofline_pct"]].to_json(orient="records", date_format="iso"),
-            key,
-        )
+        # a missing roofline (NaN) is written as null
+        self.out.write(f"data/run-{run_id}.json", exported.to_json(orient="records", date_format="iso"), page.key)
         self.render(
             f"run/{run_id}.html",
             "run.html.j2",
-            key,
+            page.key,
             run=run,
             run_id=run_id,
-            results=[result_rows(r) for r in rows],
+            results=rows,
             builds=self.builds_shown(frozenset(res["build"])),
             machine=machine,
             load_matrix=matrix(res),
             predicted=run["source"] == PREDICTED_SOURCE,
-            links=links,
+            links=page.links,
             title=f"perfgate — run {run_id} ({run['machine']}, {run['started_at']})",
             data=f"data/run-{run_id}.json",
         )
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """A run page to write: its run, its key and its links to the nightly comparisons of its builds."""
+
+    run_id: int
+    key: str
+    links: dict[str, str]
 
 
 def matrix(res: pd.DataFrame) -> Markup:

@@ -40,7 +40,6 @@ class BuilderState:
     runs_by_id: pd.DataFrame
     machine_series: dict[str, Any]
     builds_of: dict[frozenset[str], list[dict[str, Any]]]
-    roofline: pd.DataFrame  # tg_roofline_pct and bandwidth_gbs by result id
     history_rows: dict[tuple[str, str], pd.DataFrame]
 
     def reconnect(self) -> None:
