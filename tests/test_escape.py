@@ -249,3 +249,16 @@ def test_visible_lines_keeps_a_logs_lines_and_shows_the_rest() -> None:
         char = chr(code)
         if char not in "\n\t":
             assert visible_lines(char) == visible(char), hex(code)
+
+
+def test_a_figure_is_missing_only_when_it_was_not_measured() -> None:
+    """None, pandas' NA and NaT and a float NaN (numpy's included) are missing; zero, text and numbers are not."""
+    import math
+
+    import numpy as np
+
+    missing = render.missing
+    for value in (None, pd.NA, pd.NaT, float("nan"), np.float64("nan"), math.nan):
+        assert missing(value), value
+    for value in (0, 0.0, -1, 1.5, "", "nan", np.int64(3), np.float64(2.0), True, [], {}):
+        assert not missing(value), value

@@ -78,7 +78,7 @@ class RunPages(BuilderState):
             run=run,
             run_id=run_id,
             results=rows,
-            builds=self.builds_shown(frozenset(res["build"])),
+            builds=self.builds_shown(frozenset(res["build"].tolist())),
             machine=machine,
             load_matrix=matrix(res),
             predicted=run["source"] == PREDICTED_SOURCE,
@@ -101,13 +101,15 @@ def matrix(res: pd.DataFrame) -> Markup:
     """Builds × models of a set of results (the newest result of a cell wins), as the run page's table.
 
     Markup made here, every value through _h, as result_rows: the template's per-cell lookups cost 2 ms a page."""
-    builds = list(dict.fromkeys(res["build"]))
-    models = list(dict.fromkeys(res["model"]))
+    # plain lists: iterating a pandas string column asks it for one element at a time
+    build_of, model_of = res["build"].tolist(), res["model"].tolist()
+    builds = list(dict.fromkeys(build_of))
+    models = list(dict.fromkeys(model_of))
     cells = {}
     sources = res["source"].tolist() if "source" in res else [None] * len(res)
     for build, model, status, reason, done, total, source in zip(
-        res["build"].tolist(),
-        res["model"].tolist(),
+        build_of,
+        model_of,
         res["status"].tolist(),
         res["reason"].tolist(),
         res["layers_offloaded"].tolist(),
