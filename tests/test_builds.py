@@ -274,3 +274,28 @@ def test_the_worker_runs_on_another_builds_libllama_by_name(
         details = json.loads(con.execute("select details from builds where name = 'v1-worker'").fetchone()[0])
     assert rows["v1"].startswith("ok|") and rows["v1-worker"].startswith("ok|"), rows
     assert details["library_of"] == "v1" and details["source"]["ref"] == "v1", details
+
+
+def test_cmake_sources_are_seen_through_a_stable_slot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """llama.cpp's unity build writes absolute source paths into what it compiles: one build after another
+    sees its tree under the same path (so ccache hits), two at once under two, and a build that finds every
+    slot taken builds from its tree as it is."""
+    from bench.builds import cache as build_cache
+
+    cache = tmp_path / "cache"
+    trees = [tmp_path / f"tree-{n}" for n in range(3)]
+    for n, tree in enumerate(trees):
+        tree.mkdir()
+        (tree / "CMakeLists.txt").write_text(f"# tree {n}\n")
+    seen = []
+    for tree in trees[:2]:
+        with build_cache._stable_source(cache, tree) as source:
+            assert (source / "CMakeLists.txt").read_text() == (tree / "CMakeLists.txt").read_text()
+            seen.append(source)
+    assert seen[0] == seen[1] != trees[0]
+    assert not seen[0].exists()  # released: the link goes with the build
+    with build_cache._stable_source(cache, trees[0]) as first, build_cache._stable_source(cache, trees[1]) as second:
+        assert first != second and first.resolve() == trees[0].resolve() and second.resolve() == trees[1].resolve()
+    monkeypatch.setattr(build_cache, "SOURCE_SLOTS", 1)
+    with build_cache._stable_source(cache, trees[0]) as held, build_cache._stable_source(cache, trees[2]) as busy:
+        assert held != trees[0] and busy == trees[2]
