@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from bench.errors import ConfigError, StoreError
 from bench.metrics import METRICS, Status
 from bench.store.annotations import engines_of
-from bench.store.queries import result_keys, results_frame, run_settings
+from bench.store.queries import results_frame, run_settings
 from bench.store.standing import standing_frame
 
 BOOTSTRAP_RESAMPLES = 2000
@@ -442,10 +442,12 @@ def _pool(
         )
     }
     mine = set(side.result_ids)
-    found = result_keys(session, side.build, side.machine_fingerprint, runs)
+    # the candidates to pool: the build's results on the side's machine (read above with the rest)
+    on = found_all[found_all["machine_fingerprint"] == side.machine_fingerprint]
+    columns = ("result_id", "run_id", "model", "build_sha", "n_prompt", "n_gen")
     wanted = {
         int(i)
-        for i, r, m, sha, p, g in zip(*found.values(), strict=True)
+        for i, r, m, sha, p, g in zip(*(on[c].tolist() for c in columns), strict=True)
         if i not in mine and (m, sha) in keys and settings(r, p, g) == keys[(m, sha)]
     }
     if not wanted:

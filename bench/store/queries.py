@@ -226,26 +226,6 @@ def _sample_arrays(
     return pairs[:, 0], pairs[:, 1]
 
 
-def result_keys(
-    session: Session, build: str, machine_fingerprint: str, run_ids: list[int] | None = None
-) -> dict[str, list[Any]]:
-    """What pooling needs to know of every result of one build name on one machine (in those runs): result id,
-    run id, model name, build identity, n_prompt, n_gen; as columns, in that order."""
-    columns: list[Any] = [Result.id, Result.run_id, Model.name, Build.identity_sha, Result.n_prompt, Result.n_gen]
-    stmt = (
-        select(*columns)
-        .join(Build, Result.build_id == Build.id)
-        .join(Model, Result.model_id == Model.id)
-        .join(Run, Result.run_id == Run.id)
-        .join(Machine, Run.machine_id == Machine.id)
-        .where(Build.name == build, Machine.fingerprint == machine_fingerprint)
-        .order_by(Result.id)
-    )
-    if run_ids is not None:
-        stmt = stmt.where(Result.run_id.in_(run_ids))
-    return read_columns(session, stmt)
-
-
 def run_settings(session: Session) -> dict[int, dict[str, Any]]:
     """Each run's settings document (its suite, interleaving, builds), by run id."""
     ids, documents = read_columns(session, select(Run.id, Run.settings)).values()
