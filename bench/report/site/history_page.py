@@ -23,11 +23,11 @@ class HistoryPages(BuilderState):
     def history_rel(self, fp: str, model: str) -> str:
         return f"history/{file_key(fp, model)}.html"
 
-    def history_head(self, fp: str, model: str, blocks: list[str]) -> dict[str, Any]:
-        """What a history's chart needs besides its points: the metrics, change points, axis ticks and the names
-        of its point blocks (site.js joins them, in order, into one line per build)."""
-        changes = self.data.changes
-        marks = changes[(changes["machine_fingerprint"] == fp) & (changes["model"] == model)]
+    def history_head(
+        self, fp: str, model: str, blocks: list[str], marks: pd.DataFrame, ticks: dict[str, list[Any]]
+    ) -> dict[str, Any]:
+        """What a history's chart needs besides its points: the metrics, its change points (`marks`), axis ticks
+        and the names of its point blocks (site.js joins them, in order, into one line per build)."""
         run_x = self.data.run_x
         return {
             "chart": "history",
@@ -47,7 +47,7 @@ class HistoryPages(BuilderState):
                 }
                 for c in marks.to_dict(orient="records")
             ],
-            "ticks": _ticks(self.data, fp),
+            "ticks": ticks,
         }
 
     def history_block(self, name: str, rows: pd.DataFrame) -> dict[str, Any]:
@@ -107,7 +107,7 @@ class HistoryPages(BuilderState):
         key = content_key(self.version, entry, blocks, plain(marks.to_dict(orient="records")), ticks)
         if all(self.out.unchanged(r, key) for r in (rel, f"data/{stem}.js", f"data/{stem}.json")):
             return entry
-        text = json_text(self.history_head(fp, model, [name for name, _ in blocks]))
+        text = json_text(self.history_head(fp, model, [name for name, _ in blocks], marks, ticks))
         self.out.write(f"data/{stem}.json", text, key)
         self.out.write(f"data/{stem}.js", data_script(text), key)
         self.render(

@@ -117,10 +117,12 @@ class Builder(ComparePages, RunPages, HistoryPages):
             self.narrow = self.samples
             return
         res = self.data.results
-        runs = sorted({int(r) for r in res[res["result_id"].isin(result_ids)]["run_id"]})
-        # most of the store: the results are already read (site data), only their samples are not
-        frame = with_samples(self.session, res) if len(runs) > 200 else results_frame(self.session, runs)
-        self.samples = frame[frame["result_id"].isin(result_ids)].set_index("result_id", drop=False)
+        mine = res[res["result_id"].isin(result_ids)]
+        runs = sorted({int(r) for r in mine["run_id"]})
+        # the results are already read (site data), only their samples and memory are not: those of their runs,
+        # or of the whole store when that is most of it (one read, no list of a thousand run ids)
+        frame = with_samples(self.session, mine, runs if len(runs) <= 200 else None)
+        self.samples = frame.set_index("result_id", drop=False)
         # compare_frames walks rows: hand it only the columns it reads (a wide row costs 20× more)
         wanted = ["result_id", "run_id", "model", "status", "reason", "n_prompt", "n_gen", "rounds", *METRICS]
         wanted += [m.samples_column for m in METRICS.values() if m.samples_column]
@@ -143,8 +145,9 @@ class ComparePage:
 
 @dataclass(frozen=True)
 class RunPageBatch:
-    """Run pages written by one worker, which reads their results, samples and logs itself: the reading is
-    shared out like the writing (a million samples read by the parent alone were a fifth of a full build)."""
+    """Run pages written by one worker, which reads their samples, memory and logs itself (their rows are the
+    site data's): the reading is shared out like the writing (a million samples read by the parent alone were a
+    fifth of a full build)."""
 
     pages: tuple[RunPage, ...]
 

@@ -59,9 +59,7 @@ class RunPages(BuilderState):
         bounds: dict[int, list[int]] = {}
         for i, run in enumerate(frame["run_id"].tolist()):
             bounds.setdefault(int(run), [i, i])[1] = i + 1
-        for p in pages:
-            if p.run_id not in bounds:  # no results (deleted since the site data were read): no page
-                continue
+        for p in pages:  # a page is written for a run the site data hold results of: it has rows here
             a, b = bounds[p.run_id]
             self.run_page(p, frame.iloc[a:b], rows[a:b], exported.iloc[a:b])
 
