@@ -17,10 +17,12 @@ import pandas as pd
 import pytest
 import yaml
 from playwright.sync_api import Browser, Page, sync_playwright
+from sqlalchemy import select
 
 from bench.config import DashboardConfig, load_config
 from bench.errors import ConfigError
 from bench.escape import visible
+from bench.metrics import Status
 from bench.report.dashboard import build_site
 from bench.report.site import history_page
 from bench.report.site.output import MARKER
@@ -547,6 +549,52 @@ def test_forked_and_spawned_workers_write_the_site_the_serial_build_writes(
         for rel in files:
             if str(rel) != MARKER:
                 assert (tmp_path / other / rel).read_bytes() == (tmp_path / "serial" / rel).read_bytes(), (other, rel)
+
+
+def _same_site(a: Path, b: Path) -> None:
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.name != MARKER)
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file() and p.name != MARKER)
+    for rel in files:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
+def test_an_updated_site_reads_the_rows_of_what_changed_and_is_the_site_written_anew(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A site brought up to date reads of every result only what its keys need, and whole rows (figures,
+    reasons, samples) only for the runs of the pages it writes; the site is byte for byte the one written from
+    nothing, after a nightly run is added and after a result of an old run changes."""
+    from benchmarks.dashboard_scale import fill
+
+    monkeypatch.setattr(history_page, "HISTORY_BLOCK", 4)  # 12 runs: three full blocks, run 13 opens a fourth
+    fill(db_url, 12, 2, 3)
+    per_run = 2 * 3
+    out = tmp_path / "site"
+    with open_store(db_url) as store:
+        assert build_site(store, out).rows_read == 12 * per_run  # a new site reads every row at once
+        assert build_site(store, out).rows_read == 2 * per_run  # unchanged: the overview's newest two runs
+        fill(db_url, 1, 2, 3, first_night=12)
+        added = build_site(store, out)
+        # run 13, its previous night 12 (their comparison, the overview), and run 6, whose page loses its link to
+        # the nightly comparison 5 → 6 that the window of dashboard.nightly_pages = 7 drops
+        assert added.rows_read == 3 * per_run
+        build_site(store, tmp_path / "anew")
+        _same_site(out, tmp_path / "anew")
+        with store.session() as session:  # a result of run 3 changes (a re-measured or re-classified result)
+            changed = session.scalars(select(Result).where(Result.run_id == 3).order_by(Result.id)).first()
+            assert changed is not None
+            changed.status, changed.reason = Status.OUT_OF_MEMORY, "ggml_metal_graph_compute: out of memory"
+            session.commit()
+        again = build_site(store, out)
+        # run 3's page, its history block (runs 1–4, written whole) and the overview's runs 12 and 13
+        assert again.rows_read == 6 * per_run
+        build_site(store, tmp_path / "anew-2")
+    _same_site(out, tmp_path / "anew-2")
+    assert Status.OUT_OF_MEMORY.value in (out / "run" / "3.html").read_text()
+    # a result without a reason has no tooltip, whichever way its rows were read (never "nan" or "None")
+    pages = [p.read_text() for p in out.rglob("*.html")]
+    assert not [p for p in pages if re.search(r'title="(nan|None)"', p)]
+    assert any('class="st-ok">ok</span>' in p for p in pages)
 
 
 @pytest.mark.slow

@@ -74,6 +74,10 @@ class SiteData:
     run_x: dict[int, int] = field(default_factory=dict)  # run id → its position on its machine's axis
     build_of: dict[int, tuple[str, str]] = field(default_factory=dict)  # result id → (build name, identity)
     identity_of: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)
+    complete: bool = True  # results hold whole rows; else only what keys read, and `details` the rest of some
+    bandwidth: dict[str, float | None] = field(default_factory=dict)  # machine fingerprint → its bandwidth, GB/s
+    details: pd.DataFrame | None = None
+    runs_read: set[int] = field(default_factory=set)  # the runs of `details`
 
 
 def change_points(session: Session) -> pd.DataFrame:
@@ -98,37 +102,82 @@ def ci95(mean_std_n: pd.DataFrame, metric: str) -> pd.Series:
     return pd.Series(np.where(n > 1, half, np.nan), index=mean_std_n.index)
 
 
-def load(session: Session, settings: DashboardConfig, gate: GateConfig) -> SiteData:
-    results = results_frame(session, with_samples=False, with_memory=False)
+# what a page's key, the standing rule and the choice of pairs read of every result (bench.store.queries adds the
+# joined names: build, its identity, model, machine): the rest of a row is read for the pages being written
+KEY_FIELDS = ("status", "repetitions", "started_at", "finished_at")
+
+
+def load(session: Session, settings: DashboardConfig, gate: GateConfig, *, keys_only: bool = False) -> SiteData:
+    """Every result of the store: whole rows, or with `keys_only` the columns that say which pages changed (a site
+    brought up to date then reads the rest of the rows of the pages it writes: `read_details`)."""
+    if keys_only:
+        results = results_frame(session, only=KEY_FIELDS)
+    else:
+        results = results_frame(session, with_samples=False, with_memory=False)
     runs = runs_frame(session)
     machines = machines_frame(session)
     builds = builds_frame(session)
     changes = change_points(session)
-    run_started = dict(zip(runs["run_id"].tolist(), pd.to_datetime(runs["started_at"]).tolist(), strict=True))
-    results["run_started"] = results["run_id"].map(run_started)
     # each machine's axis: its runs in the order they started (a nightly is a position, not a date)
     runs = runs.sort_values(["started_at", "run_id"], kind="stable")
     run_x = {
         int(r): int(x) for r, x in zip(runs["run_id"], runs.groupby("machine_fingerprint").cumcount(), strict=True)
     }
-    results["x"] = results["run_id"].map(run_x).astype(int)
-    for metric in ("pp_ts", "tg_ts"):
-        results[f"{metric}_ci95"] = ci95(results, metric)
     by_fp = machines.set_index("fingerprint")
     bandwidth = {
         str(fp): machine_bandwidth_gbs(settings.bandwidth_gbs, str(m["hostname"]), str(fp), m["gpu"], m["cpu"])
         for fp, m in by_fp.iterrows()
     }
-    results["bandwidth_gbs"] = results["machine_fingerprint"].map(bandwidth).astype(float)
+    data = SiteData(results, runs, builds, machines, changes, settings, gate, run_x, complete=not keys_only)
+    data.bandwidth = bandwidth
+    data.results = _placed(data, results)
+    if not keys_only:
+        data.results = _figures(data, data.results)
+    return data
+
+
+def _placed(data: SiteData, results: pd.DataFrame) -> pd.DataFrame:
+    """Where each result sits: its run's start, its position on its machine's axis, its machine's bandwidth."""
+    runs = data.runs
+    run_started = dict(zip(runs["run_id"].tolist(), pd.to_datetime(runs["started_at"]).tolist(), strict=True))
+    results["run_started"] = results["run_id"].map(run_started)
+    results["x"] = results["run_id"].map(data.run_x).astype(int)
+    results["bandwidth_gbs"] = results["machine_fingerprint"].map(data.bandwidth).astype(float)
+    return results
+
+
+def _figures(data: SiteData, results: pd.DataFrame) -> pd.DataFrame:
+    """What the pages show besides the stored figures: each mean's 95% CI, the roofline share, the commit."""
+    for metric in ("pp_ts", "tg_ts"):
+        results[f"{metric}_ci95"] = ci95(results, metric)
     weights = pd.to_numeric(results["model_bytes"], errors="coerce").astype(float)
     tg = pd.to_numeric(results["tg_ts"], errors="coerce").astype(float)
     results["tg_roofline_pct"] = tg * weights / (results["bandwidth_gbs"] * 1e9) * 100
-    identity = _identities(builds)
+    identity = _identities(data.builds)
     results["commit"] = [
         identity.get((b, s), {}).get("commit") or str(s)[:12]
         for b, s in zip(results["build"].tolist(), results["build_sha"].tolist(), strict=True)
     ]
-    return SiteData(results, runs, builds, machines, changes, settings, gate, run_x)
+    return results
+
+
+def read_details(session: Session, data: SiteData, run_ids: set[int]) -> None:
+    """The whole rows of those runs' results, for the pages being written (nothing to read when `data` holds
+    whole rows already)."""
+    if data.complete:
+        return
+    found = results_frame(session, sorted(run_ids), with_samples=False, with_memory=False)
+    data.details = _figures(data, _placed(data, found))
+    data.runs_read = set(run_ids)
+
+
+def details(data: SiteData, run_ids: set[int] | list[int]) -> pd.DataFrame:
+    """Whole rows of the results of those runs (`read_details` must have named them), ordered by run and result."""
+    source = data.results if data.complete else data.details
+    unread = set() if data.complete else set(run_ids) - data.runs_read
+    if source is None or unread:
+        raise KeyError(f"runs {sorted(unread or run_ids)[:5]}: their results' rows were not read")
+    return source[source["run_id"].isin(run_ids)]
 
 
 # --- identities -------------------------------------------------------------------------------------------
@@ -275,13 +324,22 @@ def nightly_pairs(data: SiteData) -> list[Pair]:
     return pairs
 
 
+def overview_runs(data: SiteData) -> set[int]:
+    """The runs whose rows the overview shows: each machine's newest and the one before it."""
+    out = set()
+    for fp in machine_order(data):
+        run = newest_run(data, fp)
+        out |= {run} | ({prev} if (prev := previous_run(data, fp, run)) is not None else set())
+    return out
+
+
 def statuses_changed(data: SiteData, fp: str) -> list[dict[str, Any]]:
     """New failures of the newest run: a model not ok now that was ok in the machine's previous run."""
     run = newest_run(data, fp)
     prev = previous_run(data, fp, run)
     if prev is None:
         return []
-    res = data.results
+    res = details(data, {run, prev})
     now = standing(res[res["run_id"] == run])
     before = standing(res[res["run_id"] == prev])
     ok_before = {
@@ -293,7 +351,9 @@ def statuses_changed(data: SiteData, fp: str) -> list[dict[str, Any]]:
     for b, m, s, reason in zip(now["build"], now["model"], now["status"], now["reason"], strict=True):
         # the same build ok before; a build new to the machine: the model loaded ok with another build
         if s != Status.OK and ((b, m) in ok_before or (b not in builds_before and m in ok_models)):
-            out.append({"build": b, "model": m, "status": s, "reason": reason or "", "previous_run": prev})
+            out.append(
+                {"build": b, "model": m, "status": s, "reason": "" if missing(reason) else reason, "previous_run": prev}
+            )
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import pandas as pd
 
 from bench.metrics import METRICS, Status
 from bench.report import render
+from bench.report.site import data as site_data
 from bench.report.site.common import data_script, floats, json_text, plain
 from bench.report.site.data import SiteData
 from bench.report.site.output import content_key, file_key
@@ -17,6 +19,16 @@ from bench.report.site.state import BuilderState
 # a history's points are written in blocks of this many of its machine's runs: one more nightly rewrites the
 # newest block only (and the small head naming the blocks), not a thousand runs of points
 HISTORY_BLOCK = 128
+
+
+@dataclass(frozen=True)
+class HistoryBlock:
+    """A block of a history's points: its file's stem, its key, and the runs it shows when it is to be written
+    (None: kept from the previous site)."""
+
+    name: str
+    key: str
+    runs: tuple[int, ...] | None
 
 
 class HistoryPages(BuilderState):
@@ -73,11 +85,12 @@ class HistoryPages(BuilderState):
             )
         return {"chart": "history-block", "block": name, "lines": lines}
 
-    def history_page(self, fp: str, model: str, rows: pd.DataFrame) -> dict[str, Any]:
-        rel = self.history_rel(fp, model)
-        stem = f"history-{Path(rel).stem}"
+    def history_blocks(self, fp: str, model: str, rows: pd.DataFrame) -> tuple[HistoryBlock, ...]:
+        """A history's point blocks, in order, each keyed by what it shows; those kept from the previous site are
+        linked over here, those to write name their runs (whose rows are read for them)."""
+        stem = f"history-{Path(self.history_rel(fp, model)).stem}"
         rows = rows.sort_values(["x", "result_id"])
-        xs, ids = rows["x"].tolist(), rows["result_id"].tolist()
+        xs, ids, runs = rows["x"].tolist(), rows["result_id"].tolist(), rows["run_id"].tolist()
         bandwidth = float(rows["bandwidth_gbs"].fillna(0).max())  # the roofline's denominator
         at: dict[int, list[int]] = {}
         for position, x in enumerate(xs):
@@ -87,11 +100,23 @@ class HistoryPages(BuilderState):
             name = f"{stem}-{number}"
             results = [self.rkey[ids[p]] for p in positions]
             key = content_key(self.version, fp, model, number, results, [xs[p] for p in positions], bandwidth)
-            if not all(self.out.unchanged(f"data/{name}{ext}", key) for ext in (".js", ".json")):
-                text = json_text(self.history_block(name, rows.iloc[positions]))
-                self.out.write(f"data/{name}.json", text, key)
-                self.out.write(f"data/{name}.js", data_script(text), key)
-            blocks.append((name, key))
+            kept = all(self.out.unchanged(f"data/{name}{ext}", key) for ext in (".js", ".json"))
+            shown = None if kept else tuple(sorted({int(runs[p]) for p in positions}))
+            blocks.append(HistoryBlock(name, key, shown))
+        return tuple(blocks)
+
+    def history_page(self, fp: str, model: str, rows: pd.DataFrame, blocks: tuple[HistoryBlock, ...]) -> dict[str, Any]:
+        rel = self.history_rel(fp, model)
+        stem = f"history-{Path(rel).stem}"
+        written = [block for block in blocks if block.runs is not None]
+        if written:
+            found = site_data.details(self.data, {r for block in written for r in block.runs or ()})
+            mine = found[(found["machine_fingerprint"] == fp) & (found["model"] == model)]
+            mine = mine.sort_values(["x", "result_id"])
+            for block in written:
+                text = json_text(self.history_block(block.name, mine[mine["run_id"].isin(block.runs or ())]))
+                self.out.write(f"data/{block.name}.json", text, block.key)
+                self.out.write(f"data/{block.name}.js", data_script(text), block.key)
         changes = self.data.changes
         marks = changes[(changes["machine_fingerprint"] == fp) & (changes["model"] == model)]
         entry = {
@@ -104,10 +129,13 @@ class HistoryPages(BuilderState):
             "changes": len(marks),
         }
         ticks = _ticks(self.data, fp)
-        key = content_key(self.version, entry, blocks, plain(marks.to_dict(orient="records")), ticks)
+        names = [block.name for block in blocks]
+        key = content_key(
+            self.version, entry, [(b.name, b.key) for b in blocks], plain(marks.to_dict(orient="records")), ticks
+        )
         if all(self.out.unchanged(r, key) for r in (rel, f"data/{stem}.js", f"data/{stem}.json")):
             return entry
-        text = json_text(self.history_head(fp, model, [name for name, _ in blocks], marks, ticks))
+        text = json_text(self.history_head(fp, model, names, marks, ticks))
         self.out.write(f"data/{stem}.json", text, key)
         self.out.write(f"data/{stem}.js", data_script(text), key)
         self.render(
@@ -118,7 +146,7 @@ class HistoryPages(BuilderState):
             metrics=list(METRICS.values()),
             title=f"perfgate — history of {model} on {entry['host']}",
             data=f"data/{stem}.json",
-            scripts=["plotly.min.js", f"data/{stem}.js", *(f"data/{name}.js" for name, _ in blocks), "site.js"],
+            scripts=["plotly.min.js", f"data/{stem}.js", *(f"data/{name}.js" for name in names), "site.js"],
         )
         return entry
 

@@ -31,7 +31,7 @@ from bench.report.site import data as site_data
 from bench.report.site.common import STATIC, TEMPLATES, code_version, environment
 from bench.report.site.compare_page import ComparePages
 from bench.report.site.data import Pair, SiteData
-from bench.report.site.history_page import HistoryPages
+from bench.report.site.history_page import HistoryBlock, HistoryPages
 from bench.report.site.output import SiteOutput
 from bench.report.site.overview import history_index, overview
 from bench.report.site.run_page import RunPage, RunPages
@@ -45,6 +45,7 @@ from bench.store.standing import standing
 class SiteReport:
     out: Path
     pages: int  # HTML pages in the site
+    rows_read: int  # results read whole: every one for a new site, those of the pages written for an update
     written: int  # files written by this build (the rest were unchanged and kept)
     bytes_total: int
     seconds: float
@@ -110,15 +111,16 @@ class Builder(ComparePages, RunPages, HistoryPages):
         self.env = environment()
         self.session = Session(bind=make_engine(url, create=False))
 
-    def load_samples(self, result_ids: set[int]) -> None:
-        """Samples of the results some comparison needs (all at once when that is most of the store)."""
+    def load_samples(self, result_ids: set[int], run_ids: set[int]) -> None:
+        """Samples of the results some comparison needs (in `run_ids`; all at once when that is most of the
+        store)."""
         if not result_ids:
             self.samples = results_frame(self.session, []).set_index("result_id", drop=False)
             self.narrow = self.samples
             return
-        res = self.data.results
-        mine = res[res["result_id"].isin(result_ids)]
-        runs = sorted({int(r) for r in mine["run_id"]})
+        rows = site_data.details(self.data, run_ids)
+        mine = rows[rows["result_id"].isin(result_ids)]
+        runs = sorted(run_ids)
         # the results are already read (site data), only their samples and memory are not: those of their runs,
         # or of the whole store when that is most of it (one read, no list of a thousand run ids)
         frame = with_samples(self.session, mine, runs if len(runs) <= 200 else None)
@@ -159,10 +161,11 @@ class RunPageBatch:
 class HistoryPage:
     machine: str
     model: str
+    blocks: tuple[HistoryBlock, ...]  # its point blocks, in order (those whose key changed are written)
 
     def write(self, b: Builder) -> dict[str, Any]:
         """The history index's entry."""
-        return b.history_page(self.machine, self.model, b.history_rows[(self.machine, self.model)])
+        return b.history_page(self.machine, self.model, b.history_rows[(self.machine, self.model)], self.blocks)
 
 
 Page = ComparePage | RunPageBatch | HistoryPage
@@ -257,17 +260,20 @@ def build(
     start = time.perf_counter()
     out = SiteOutput(out_dir)
     try:
-        data = site_data.load(session, settings, gate)
+        # a site brought up to date reads of every result what says which pages changed, and whole rows only
+        # for the pages it writes; a new one reads whole rows at once
+        data = site_data.load(session, settings, gate, keys_only=out.old is not None)
         builder = Builder(session, data, out)
         written = _build(builder)
         path = out.commit()
         compare_s = builder.compare_s
+        rows_read = len(data.results if data.complete else data.details if data.details is not None else [])
     except BaseException:
         out.abort()
         raise
     pages = sum(1 for rel in out.pages if rel.endswith(".html"))
     size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return SiteReport(path, pages, written, size, time.perf_counter() - start, compare_s)
+    return SiteReport(path, pages, rows_read, written, size, time.perf_counter() - start, compare_s)
 
 
 def _build(b: Builder) -> int:
@@ -314,15 +320,20 @@ def _build(b: Builder) -> int:
         for r in by_run
         if not (out.unchanged(f"run/{r}.html", run_keys[r]) and out.unchanged(f"data/run-{r}.json", run_keys[r]))
     ]
-    # the comparisons' samples; run pages read their own (RunPageBatch)
-    b.load_samples({i for p, _ in todo for i in (*p.baseline_ids, *p.candidate_ids)})
-    # the comparisons first: they cost the most, and a pool that starts with them ends evenly
-    work: list[Page] = [ComparePage(p, k) for p, k in todo]
     # forked workers read the frames from the builder they inherit: a work item carries keys, not pickled frames
     b.history_rows = {(str(fp), str(m)): g for (fp, m), g in res.groupby(["machine_fingerprint", "model"], sort=False)}
+    histories = [HistoryPage(fp, m, b.history_blocks(fp, m, rows)) for (fp, m), rows in b.history_rows.items()]
+    # the whole rows of the results the pages being written show
+    pair_runs = {r for p, _ in todo for r in (*p.baseline_runs, *p.candidate_runs)}
+    block_runs = {r for h in histories for block in h.blocks if block.runs is not None for r in block.runs}
+    site_data.read_details(b.session, data, {*run_todo, *pair_runs, *block_runs, *site_data.overview_runs(data)})
+    # the comparisons' samples; run pages read their own (RunPageBatch)
+    b.load_samples({i for p, _ in todo for i in (*p.baseline_ids, *p.candidate_ids)}, pair_runs)
+    # the comparisons first: they cost the most, and a pool that starts with them ends evenly
+    work: list[Page] = [ComparePage(p, k) for p, k in todo]
     # then the histories (each a long series): handed out one at a time like the comparisons, so that the many
     # small run pages after them even out the workers' ends
-    work += [HistoryPage(fp, m) for fp, m in b.history_rows]
+    work += histories
     run_pages = [RunPage(r, run_keys[r], links[r]) for r in run_todo]
     # a few batches a worker: each reads its runs in one query, and the batches even out the workers' ends
     size = max(1, -(-len(run_pages) // (_workers() * 4)))

@@ -13,6 +13,7 @@ from markupsafe import Markup, escape
 
 from bench.escape import visible_lines, visible_value
 from bench.report import render
+from bench.report.site import data as site_data
 from bench.report.site.output import content_key
 from bench.report.site.state import BuilderState
 from bench.store.predictions import PREDICTED_SOURCE
@@ -37,8 +38,7 @@ class RunPages(BuilderState):
         """Every result of those runs as their run pages show it (samples, load log, roofline), ordered by run
         and result: the rows the site data hold (a worker's inheritance), their samples, memory and logs read for
         these runs."""
-        res = self.data.results
-        mine = res[res["run_id"].isin(run_ids)]
+        mine = site_data.details(self.data, run_ids)
         frame = attach_logs(self.session, with_samples(self.session, mine, run_ids))
         frame["tg_roofline_pct"] = mine["tg_roofline_pct"].to_numpy()
         return frame.sort_values(["run_id", "result_id"], kind="stable").reset_index(drop=True)
