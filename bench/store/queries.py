@@ -57,6 +57,8 @@ _JOINED = {
     "gpu": Machine.gpu,
     "source": Run.source,
 }
+# of the joined names, those a read of some fields only (`results_frame(only=...)`) carries
+_KEY_NAMES = ("result_id", "build", "build_sha", "model", "machine", "machine_fingerprint", "source")
 _OWN = [f for f in _RESULT_FIELDS if f != "run_id"]
 _CUT = _OWN.index("repetitions") + 1
 RESULT_COLUMNS = [
@@ -101,8 +103,8 @@ def results_frame(
     Plain column selects (no ORM objects): the dashboard reads 100,000 results through here. Without samples
     the samples columns are empty lists; without memory the `memory` column is None (decoding 100,000 JSON
     documents nobody reads costs a second: `with_samples` reads them for the rows that are shown). `only`: of the
-    results table's own fields, just these (and run_id), with the joined names and no samples: what a page's key
-    reads of every result, a third of the time of the whole row."""
+    results table's own fields, just these (and run_id), with the names of `_KEY_NAMES` and no samples: what a
+    page's key reads of every result, a third of the time of the whole row."""
     if only is not None:
         return _some_fields(session, run_ids, builds, only)
     fields = _RESULT_FIELDS if with_memory else tuple(f for f in _RESULT_FIELDS if f != "memory")
@@ -124,14 +126,18 @@ def _some_fields(
     session: Session, run_ids: list[int] | None, builds: list[str] | None, only: tuple[str, ...]
 ) -> pd.DataFrame:
     fields = ("run_id", *(f for f in _RESULT_FIELDS if f in only and f != "run_id"))
-    found = _read_results(session, fields, run_ids, builds)
+    found = _read_results(session, fields, run_ids, builds, _KEY_NAMES)
     columns = [c for c in RESULT_COLUMNS if c in found]
     frame = pd.DataFrame(found if len(found["run_id"]) else [], columns=columns)
     return frame.astype({c: "Int64" for c in INT_COLUMNS if c in frame.columns})
 
 
 def _read_results(
-    session: Session, fields: tuple[str, ...], run_ids: list[int] | None, builds: list[str] | None
+    session: Session,
+    fields: tuple[str, ...],
+    run_ids: list[int] | None,
+    builds: list[str] | None,
+    names: tuple[str, ...] = tuple(_JOINED),
 ) -> dict[str, list[Any]]:
     """Those fields of the results (of those runs and build names), ordered by run and result, with the names
     they join to. The results table alone is read; its builds, models, runs and machines once each and looked
@@ -143,11 +149,14 @@ def _read_results(
         stmt = stmt.where(Result.run_id.in_(run_ids))
     if builds is not None:
         stmt = stmt.where(Result.build_id.in_(select(Build.id).where(Build.name.in_(builds))))
-    return _joined(session, read_columns(session, stmt))
+    return _joined(session, read_columns(session, stmt), names)
 
 
-def _joined(session: Session, found: dict[str, list[Any]]) -> dict[str, list[Any]]:
-    """The columns of `_JOINED` for results read without joins (their id, build_id, model_id and run_id)."""
+def _joined(
+    session: Session, found: dict[str, list[Any]], names: tuple[str, ...] = tuple(_JOINED)
+) -> dict[str, list[Any]]:
+    """The columns of `_JOINED` (those `names`) for results read without joins (their id, build_id, model_id and
+    run_id)."""
     tables: dict[Any, dict[Any, tuple[Any, ...]]] = {}
     for key, columns in (
         (Build.id, [c for c in _JOINED.values() if c.table is Build.__table__]),
@@ -162,10 +171,12 @@ def _joined(session: Session, found: dict[str, list[Any]]) -> dict[str, list[Any
     out["result_id"] = found["id"]
     build_cols = [name for name, c in _JOINED.items() if c.table is Build.__table__]
     for n, name in enumerate(build_cols):
-        out[name] = [builds[b][n] for b in found["build_id"]]
+        if name in names:
+            out[name] = [builds[b][n] for b in found["build_id"]]
     out["model"] = [models[m][0] for m in found["model_id"]]
     for n, name in enumerate(("machine", "machine_fingerprint", "gpu", "source")):
-        out[name] = [on[r][n] for r in found["run_id"]]
+        if name in names:
+            out[name] = [on[r][n] for r in found["run_id"]]
     return out
 
 

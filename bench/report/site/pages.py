@@ -10,6 +10,7 @@ do not let a page fetch() files from file://, and a script file of the site's ow
 
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing as mp
 import os
 import pickle
@@ -276,13 +277,19 @@ def build(
     return SiteReport(path, pages, rows_read, written, size, time.perf_counter() - start, compare_s)
 
 
-def _build(b: Builder) -> int:
-    import plotly
+def _plotly_js() -> Path:
+    """plotly.js as the plotly package ships it, found without importing the package (30 ms of every build)."""
+    spec = importlib.util.find_spec("plotly")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("plotly is not installed: the dashboard's charts need its plotly.min.js")
+    return Path(next(iter(spec.submodule_search_locations))) / "package_data" / "plotly.min.js"
 
+
+def _build(b: Builder) -> int:
     data, out = b.data, b.out
     for name in STATIC:
         out.copy(name, TEMPLATES / name)
-    out.copy("plotly.min.js", Path(plotly.__file__).parent / "package_data" / "plotly.min.js")
+    out.copy("plotly.min.js", _plotly_js())
     res = data.results
     if not len(res):
         b.render("index.html", "overview.html.j2", "", machines=[], title="perfgate — no results yet", data=None)
