@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.machine import collect
 from bench.report.dashboard import build_site
 from bench.store.db import open_store
-from bench.store.models import Build, Model, Result, ResultLog, Run, Sample
+from bench.store.models import Build, Model, Result, ResultLog, Run, SampleSeries, pack_ns
 from bench.store.records import upsert_machine
 
 LOG_OK = (
@@ -105,16 +105,12 @@ def fill(db: str, runs: int, builds: int, models: int, first_night: int = 0) -> 
                     )
                     if ok:
                         samples += [
-                            {"result_id": result_id, "test": "pp", "seq": i, "ns": int(512e9 / v)}
-                            for i, v in enumerate(pp)
-                        ]
-                        samples += [
-                            {"result_id": result_id, "test": "tg", "seq": i, "ns": int(128e9 / v)}
-                            for i, v in enumerate(tg)
+                            {"result_id": result_id, "test": "pp", "ns": pack_ns([int(512e9 / v) for v in pp])},
+                            {"result_id": result_id, "test": "tg", "ns": pack_ns([int(128e9 / v) for v in tg])},
                         ]
                     logs.append({"result_id": result_id, "text": LOG_OK if ok else LOG_FAIL})
             session.execute(insert(Result), results)
-            session.execute(insert(Sample), samples)
+            session.execute(insert(SampleSeries), samples)
             session.execute(insert(ResultLog), logs)
         session.commit()
         return result_id

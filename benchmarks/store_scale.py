@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.analysis.compare import compare
 from bench.machine import collect
 from bench.store.db import open_store, upgrade_store
-from bench.store.models import Build, Model, Result, Sample
+from bench.store.models import Build, Model, Result
+from bench.store.queries import sample_count
 from bench.store.records import Figures, Measurement, record_result, start_run, upsert_machine
 from bench.store.transfer import copy_runs
 from benchmarks.dashboard_scale import fill
@@ -47,7 +48,7 @@ WRITE_PATH_RESULTS = 1000
 def _counts(url: str) -> tuple[int, int]:
     with open_store(url) as store, store.session() as session:
         results = session.scalar(select(func.count()).select_from(Result)) or 0
-        samples = session.scalar(select(func.count()).select_from(Sample)) or 0
+        samples = sample_count(session)
     return int(results), int(samples)
 
 
@@ -138,7 +139,7 @@ def main() -> None:
         t0 = time.perf_counter()
         fill(local, args.runs, 4, 25)
         results, samples = _counts(local)
-        print(f"runner file: {results:,} results, {samples:,} sample rows (bulk fill {time.perf_counter() - t0:.1f} s)")
+        print(f"runner file: {results:,} results, {samples:,} samples (bulk fill {time.perf_counter() - t0:.1f} s)")
         with backends(Path(tmp), not args.skip_postgres) as urls:
             for backend, url in urls.items():
                 push_s = time_push(local, url)

@@ -203,7 +203,10 @@ def test_every_site_comparison_of_a_scale_store_gives_the_reference_table(tmp_pa
         data = site_data.load(session, DashboardConfig(), GateConfig())
         builder = Builder(session, data, SiteOutput(tmp_path / "site"))
         pairs = [*site_data.baseline_pairs(data, builder.standing), *site_data.nightly_pairs(data)]
-        builder.load_samples({i for p in pairs for i in (*p.baseline_ids, *p.candidate_ids)})
+        builder.load_samples(
+            {i for p in pairs for i in (*p.baseline_ids, *p.candidate_ids)},
+            {r for p in pairs for r in (*p.baseline_runs, *p.candidate_runs)},
+        )
         builder.out.abort()
     assert len(pairs) >= 5
     statuses = set()

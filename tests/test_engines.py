@@ -34,7 +34,7 @@ def _rows(db: Path) -> dict[tuple[str, str], dict[str, Any]]:
             "select b.name as build, m.name as model, r.*, b.details as build_details from results r "
             "join builds b on b.id = r.build_id join models m on m.id = r.model_id"
         ).fetchall()
-        samples = con.execute("select result_id, test, count(*) from samples group by result_id, test").fetchall()
+        samples = con.execute("select result_id, test, length(ns) / 8 from sample_series").fetchall()
     counts = {(rid, test): n for rid, test, n in samples}
     out = {}
     for r in rows:

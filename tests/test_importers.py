@@ -64,8 +64,10 @@ def _results(db: Path) -> dict[str, tuple[int, int, float | None, float | None, 
     with sqlite3.connect(db) as con:
         rows = con.execute(
             "select m.name, r.n_prompt, r.n_gen, r.pp_ts, r.tg_ts, "
-            "(select count(*) from samples s where s.result_id = r.id and s.test = 'pp'), "
-            "(select count(*) from samples s where s.result_id = r.id and s.test = 'tg') "
+            "(select coalesce(sum(length(s.ns)), 0) / 8 from sample_series s "
+            " where s.result_id = r.id and s.test = 'pp'), "
+            "(select coalesce(sum(length(s.ns)), 0) / 8 from sample_series s "
+            " where s.result_id = r.id and s.test = 'tg') "
             "from results r join models m on m.id = r.model_id"
         ).fetchall()
     return {name: tuple(rest) for name, *rest in rows}  # type: ignore[misc]

@@ -15,8 +15,8 @@ import pytest
 from sqlalchemy import func, inspect, select
 
 from bench.store.db import open_store, upgrade_store
-from bench.store.models import Machine, Result, ResultLog, Run, Sample
-from bench.store.queries import results_frame
+from bench.store.models import Machine, Result, ResultLog, Run, SampleSeries, unpack_ns
+from bench.store.queries import results_frame, sample_count
 from tests.conftest import BENCH, bench_cli, fake_python
 from tests.pg_server import PgServer
 
@@ -73,8 +73,10 @@ def test_four_runners_into_one_postgres_lose_duplicate_and_mix_nothing(
         runs = session.execute(select(Run.id, Machine.details).join(Machine, Run.machine_id == Machine.id)).all()
         frame = results_frame(session)
         # throughput samples (a load's own samples, test "load", come one per fresh-process load)
-        samples = session.execute(
-            select(Sample.result_id, Sample.test, Sample.seq).where(Sample.test.in_(("pp", "tg")))
+        series = session.execute(
+            select(SampleSeries.result_id, SampleSeries.test, SampleSeries.ns).where(
+                SampleSeries.test.in_(("pp", "tg"))
+            )
         ).all()
         logs = session.scalar(select(func.count()).select_from(ResultLog))
     assert sorted(d["machine_id"] for _, d in runs) == sorted(procs)  # one run per machine, four machines
@@ -86,8 +88,8 @@ def test_four_runners_into_one_postgres_lose_duplicate_and_mix_nothing(
     assert all(g["machine_fingerprint"].nunique() == 1 for _, g in per_run)
     assert frame.groupby("machine_fingerprint")["run_id"].nunique().eq(1).all()
     assert all(len(r) == REPS for r in frame["samples_pp_ns"]) and all(len(r) == REPS for r in frame["samples_tg_ns"])
-    keys = [(r, t, s) for r, t, s in samples]
-    assert len(keys) == len(set(keys)) == 4 * 2 * 2 * REPS  # no sample lost or doubled
+    # no sample lost or doubled: a series per result and test, each of REPS samples
+    assert len(series) == 4 * 2 * 2 and all(len(unpack_ns(ns)) == REPS for _, _, ns in series)
     assert logs == 4 * 2
 
 
@@ -183,7 +185,7 @@ def test_kill_9_mid_run_then_resume_loses_nothing_on_postgres(
         after = session.execute(select(Result.id, Result.model_id, Result.pp_ts, Result.status).order_by(Result.id))
         after_rows = after.all()
         assert session.scalars(select(Run.status)).all() == ["complete"]
-        n_samples = session.scalar(select(func.count()).select_from(Sample).where(Sample.test.in_(("pp", "tg"))))
+        n_samples = sample_count(session, ("pp", "tg"))
     assert len(after_rows) == 5 and {r[3] for r in after_rows} == {"ok"}
     assert [tuple(r[:3]) for r in after_rows[: len(before)]] == [tuple(r) for r in before]
     assert n_samples == 5 * 2 * 6
@@ -218,13 +220,13 @@ def test_push_copies_a_runners_runs_once_and_twice_adds_nothing(
     assert first.returncode == 0, first.stderr
     assert "pushed 3 run(s)" in first.stdout and "0 already there" in first.stdout
     assert "not pushed, still running or killed" in first.stdout
-    counts = {t.__name__: _count(pg_url, t) for t in (Run, Result, Sample, ResultLog, Machine)}
-    assert counts["Run"] == 3 and all(counts[t.__name__] == _count(local, t) for t in (Result, Sample, ResultLog))
+    counts = {t.__name__: _count(pg_url, t) for t in (Run, Result, SampleSeries, ResultLog, Machine)}
+    assert counts["Run"] == 3 and all(counts[t.__name__] == _count(local, t) for t in (Result, SampleSeries, ResultLog))
     assert _frame_without_ids(pg_url) == _frame_without_ids(local)
 
     second = bench_cli("push", "--to", pg_url, "--db", local)
     assert second.returncode == 0 and "pushed 0 run(s)" in second.stdout and "3 already there" in second.stdout
-    assert {t.__name__: _count(pg_url, t) for t in (Run, Result, Sample, ResultLog, Machine)} == counts
+    assert {t.__name__: _count(pg_url, t) for t in (Run, Result, SampleSeries, ResultLog, Machine)} == counts
 
 
 def test_two_pushes_of_one_file_at_once_copy_each_run_once(pg_url: str, small_config: Path, tmp_path: Path) -> None:
@@ -239,7 +241,7 @@ def test_two_pushes_of_one_file_at_once_copy_each_run_once(pg_url: str, small_co
     outs = [p.communicate(timeout=300)[0] for p in pushes]
     assert [p.returncode for p in pushes] == [0, 0, 0], outs
     assert _count(pg_url, Run) == 3 and _count(pg_url, Result) == 3 * 2
-    assert _count(pg_url, Sample) == _count(local, Sample) > 0
+    assert _count(pg_url, SampleSeries) == _count(local, SampleSeries) > 0
 
 
 def test_postgres_timestamps_carry_a_time_zone_whatever_the_session_zone(

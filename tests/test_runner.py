@@ -82,7 +82,7 @@ def test_store_is_migrated_by_alembic_and_uses_wal(
     con = sqlite3.connect(db)
     assert con.execute("pragma journal_mode").fetchone()[0] == "wal"
     tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
-    assert {"machines", "builds", "models", "runs", "results", "samples", "result_logs"} <= tables
+    assert {"machines", "builds", "models", "runs", "results", "sample_series", "result_logs"} <= tables
 
 
 def test_build_identity_is_recorded(models_dir: Path, write_config: Callable[..., Path], db_url: str) -> None:

@@ -20,8 +20,9 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, func, inspect, select, text
 
 from bench.machine import MachineInfo
-from bench.store.db import _alembic_config, head_revisions, known_revisions, open_store
+from bench.store.db import _alembic_config, head_revisions, known_revisions, open_store, upgrade_store
 from bench.store.models import Machine, Model, Result, Run
+from bench.store.queries import results_frame, sample_count
 from bench.store.records import upsert_machine, upsert_model
 from tests.conftest import PYTHON, bench_cli
 
@@ -220,6 +221,69 @@ def test_migration_folds_models_of_one_name_into_one(tmp_path: Path) -> None:
     assert models == {1: "m", 3: "m [/c/m]"}
     assert owners == {1: 1, 2: 1, 3: 3, 4: 3}
     assert len(set(uuids)) == 2 and all(len(u) == 36 for u in uuids)
+
+
+@pytest.mark.parametrize("db_backend", ["sqlite", "postgresql"])
+def test_migration_packs_samples_in_their_order_and_back(
+    request: pytest.FixtureRequest, tmp_path: Path, db_backend: str
+) -> None:
+    """0005: a store of one sample a row (0001) becomes one packed series per result and test, each in the order
+    of its seq whatever order the rows were written in, across the migration's steps of 10,000 results; the
+    downgrade gives the same rows back (SQLite and PostgreSQL)."""
+    if db_backend == "postgresql":
+        url = request.getfixturevalue("postgres").create_database()
+    else:
+        url = f"sqlite:///{tmp_path / 'old.sqlite'}"
+    cfg = _alembic_config(url)
+    command.upgrade(cfg, "0001")
+    ids = [9_999, 10_000, 10_001, 25_000]  # three steps of the migration's batches
+    code = {"pp": 1, "tg": 2, "load": 3}
+    rows = [
+        {"r": r, "t": t, "q": q, "ns": 1_000 * r + 10 * code[t] + q}
+        for r in ids
+        for t in code
+        for q in range(3 if t != "load" else 2)
+    ]
+    engine = create_engine(url)
+    with engine.begin() as con:
+        con.execute(
+            text(
+                "insert into machines (id, fingerprint, hostname, os, arch, cpu, details) "
+                "values (1, 'f', 'h', 'o', 'a', 'c', '{}')"
+            )
+        )
+        con.execute(text("insert into builds (id, name, identity_sha, details) values (1, 'b', 's', '{}')"))
+        con.execute(
+            text("insert into models (id, name, path, details) values (1, 'm', '/m', '{}'), (2, 'n', '/n', '{}')")
+        )
+        con.execute(
+            text(
+                "insert into runs (id, machine_id, started_at, status, source, settings) "
+                "values (1, 1, '2026-01-01', 'complete', 'perfgate', '{}'), "
+                "(2, 1, '2026-01-02', 'complete', 'perfgate', '{}')"
+            )
+        )
+        con.execute(
+            text(
+                "insert into results (id, run_id, build_id, model_id, status, rounds_done, started_at, n_prompt, "
+                "n_gen, repetitions, memory) values (:id, :run, 1, :m, 'ok', 1, '2026-01-01', 1, 1, 3, '{}')"
+            ),
+            [{"id": r, "run": 1 + n // 2, "m": 1 + n % 2} for n, r in enumerate(ids)],
+        )
+        for row in rows[::-1]:  # newest seq first: the order rows are stored in is not their order
+            con.execute(text("insert into samples (result_id, test, seq, ns) values (:r, :t, :q, :ns)"), row)
+    upgrade_store(url)
+    with open_store(url) as store, store.session() as session:
+        frame = results_frame(session).set_index("result_id")
+        assert sample_count(session) == len(rows)
+    for r in ids:
+        for t in code:
+            assert frame.loc[r, f"samples_{t}_ns"] == [x["ns"] for x in rows if x["r"] == r and x["t"] == t]
+    command.downgrade(cfg, "0005-1")
+    with engine.connect() as con:
+        back = con.execute(text("select result_id, test, seq, ns from samples")).all()
+    engine.dispose()
+    assert sorted(tuple(b) for b in back) == sorted((x["r"], x["t"], x["q"], x["ns"]) for x in rows)
 
 
 def test_upserts_in_one_session_return_the_same_rows(db_url: str) -> None:

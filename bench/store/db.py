@@ -30,8 +30,9 @@ if TYPE_CHECKING:
 
 DEFAULT_DB = "sqlite:///db/perfgate.sqlite"
 MIGRATIONS = data_dir("bench._migrations", "db")  # inside a wheel, or beside the package in a checkout
-# the tables every perfgate schema has: a database holding other tables and not these is someone else's
-CORE_TABLES = frozenset({"machines", "builds", "models", "runs", "results", "samples"})
+# the tables every perfgate schema has had: a database holding other tables and not these is someone else's
+# (samples became sample_series in migration 0005)
+CORE_TABLES = frozenset({"machines", "builds", "models", "runs", "results"})
 MIGRATION_LOCK_KEY = 0x70657266  # "perf": PostgreSQL advisory lock taken while migrating
 MIGRATION_BUSY_MS = 120_000  # a second process waits this long for another's migration to commit
 

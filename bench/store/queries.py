@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from bench.errors import StoreError
 from bench.metrics import Status
-from bench.store.models import Build, Machine, Model, Result, ResultLog, Run, Sample
+from bench.store.models import Build, Machine, Model, Result, ResultLog, Run, SampleSeries
 
 # the Result columns every reader gets, in the order of the `bench results --format json` contract
 _RESULT_FIELDS = (
@@ -81,7 +81,7 @@ RESULT_COLUMNS = [
     "result_id",
     "source",
 ]
-SAMPLE_TESTS = ("pp", "tg", "load")  # samples.test: prompt and generation repetitions, fresh-process loads
+SAMPLE_TESTS = ("pp", "tg", "load")  # sample_series.test: prompt and generation repetitions, fresh-process loads
 # integer columns (nullable): JSON writers may turn them into floats (33.0), readers turn them back
 INT_COLUMNS = [f for f in _RESULT_FIELDS if isinstance(Result.__table__.c[f].type, Integer)] + ["result_id"]
 # the measured figures among them (the rest are keys and suite settings)
@@ -203,14 +203,7 @@ def _attach_samples(
     in place."""
     empty: list[int] = []
     for test in SAMPLE_TESTS:
-        ids, ns = _sample_arrays(session, test, run_ids, builds)
-        # rows arrive ordered by result: split the ns column where the result id changes
-        lists: dict[int, list[int]] = {}
-        if len(ids):
-            starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]).tolist()
-            flat = ns.tolist()  # one conversion, then list slices: a numpy split per result costs 3× more
-            ends = [*starts[1:], len(flat)]
-            lists = dict(zip(ids[starts].tolist(), (flat[a:b] for a, b in zip(starts, ends, strict=True)), strict=True))
+        lists = _sample_lists(session, test, run_ids, builds)
         frame[f"samples_{test}_ns"] = [lists.get(i, empty) for i in frame["result_id"].tolist()]
 
 
@@ -235,15 +228,16 @@ def read_columns(session: Session, stmt: Select[*tuple[Any, ...]]) -> dict[str, 
     return out
 
 
-def _sample_arrays(
+def _sample_lists(
     session: Session, test: str, run_ids: list[int] | None, builds: list[str] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(result ids, ns) of one test's samples, ordered by result and repetition.
+) -> dict[int, list[int]]:
+    """One test's samples of each result, in the order they were measured.
 
-    A million integer pairs: read through the DBAPI cursor, since per-row result objects cost seconds."""
-    sel = select(Sample.result_id, Sample.ns).where(Sample.test == test).order_by(Sample.result_id, Sample.seq)
+    A series a row (bench.store.models.SampleSeries), read through the DBAPI cursor and unpacked all at once:
+    the store's million samples are 200,000 rows, each a few bytes to slice, not an object per sample."""
+    sel = select(SampleSeries.result_id, SampleSeries.ns).where(SampleSeries.test == test)
     if run_ids is not None or builds is not None:
-        sel = sel.join(Result, Sample.result_id == Result.id)
+        sel = sel.join(Result, SampleSeries.result_id == Result.id)
     if run_ids is not None:
         sel = sel.where(Result.run_id.in_(run_ids))
     if builds is not None:
@@ -253,10 +247,26 @@ def _sample_arrays(
     cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:
         cursor.execute(str(compiled))
-        pairs = np.array(cursor.fetchall(), dtype=np.int64).reshape(-1, 2)
+        rows = cursor.fetchall()
     finally:
         cursor.close()
-    return pairs[:, 0], pairs[:, 1]
+    if not rows:
+        return {}
+    ids, packed = zip(*rows, strict=True)
+    blobs = [bytes(b) for b in packed]  # PostgreSQL's driver hands back memoryviews
+    flat = np.frombuffer(b"".join(blobs), dtype="<i8").tolist()  # one conversion, then list slices
+    out, at = {}, 0
+    for result_id, blob in zip(ids, blobs, strict=True):
+        n = len(blob) // 8
+        out[int(result_id)] = flat[at : at + n]
+        at += n
+    return out
+
+
+def sample_count(session: Session, tests: tuple[str, ...] = SAMPLE_TESTS) -> int:
+    """How many samples (of those tests) the store holds: 8 bytes each in their packed series."""
+    stmt = select(func.coalesce(func.sum(func.length(SampleSeries.ns)), 0)).where(SampleSeries.test.in_(tests))
+    return int(session.scalar(stmt) or 0) // 8
 
 
 def run_settings(session: Session) -> dict[int, dict[str, Any]]:

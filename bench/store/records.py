@@ -12,7 +12,18 @@ from sqlalchemy.orm import Session
 from bench.builds import BuildIdentity
 from bench.machine import MachineInfo
 from bench.metrics import Status, mean_std, tokens_per_s
-from bench.store.models import Build, Machine, Model, Result, ResultLog, Run, Sample, utcnow
+from bench.store.models import (
+    Build,
+    Machine,
+    Model,
+    Result,
+    ResultLog,
+    Run,
+    SampleSeries,
+    pack_ns,
+    unpack_ns,
+    utcnow,
+)
 
 
 def insert_if_absent(
@@ -202,18 +213,23 @@ def record_result(
     result.signal = _said(result.signal, f.signal)
     result.rss_peak_bytes = max(filter(None, (result.rss_peak_bytes, f.rss_peak_bytes)), default=None)  # a peak
     result.memory = {**(result.memory or {}), **m.memory}
-    seq0 = {"pp": 0, "tg": 0, "load": 0}
-    for s in result.samples:
-        seq0[s.test] = max(seq0[s.test], s.seq + 1)
+    # a round's samples follow the earlier rounds' in each test's series
+    series = {s.test: s for s in result.series}
+    samples = {test: unpack_ns(s.ns) for test, s in series.items()}
     for test, values in (("pp", m.samples_pp_ns), ("tg", m.samples_tg_ns), ("load", m.samples_load_ns)):
-        result.samples.extend(Sample(test=test, seq=seq0[test] + i, ns=int(ns)) for i, ns in enumerate(values))
-    pp = [s.ns for s in result.samples if s.test == "pp"]
-    tg = [s.ns for s in result.samples if s.test == "tg"]
+        if not values:
+            continue
+        samples[test] = [*samples.get(test, []), *(int(ns) for ns in values)]
+        if test in series:
+            series[test].ns = pack_ns(samples[test])
+        else:
+            result.series.append(SampleSeries(test=test, ns=pack_ns(samples[test])))
+    pp, tg = samples.get("pp", []), samples.get("tg", [])
     if pp:
         result.pp_ts, result.pp_ts_std = mean_std(tokens_per_s(pp, result.n_prompt))
     if tg:
         result.tg_ts, result.tg_ts_std = mean_std(tokens_per_s(tg, result.n_gen))
-    loads = [s.ns for s in result.samples if s.test == "load"]
+    loads = samples.get("load", [])
     if loads:  # load time from fresh-process loads: the mean of them all
         result.load_s = sum(loads) / len(loads) / 1e9
     result.repetitions = max(len(pp), len(tg))

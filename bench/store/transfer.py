@@ -13,7 +13,7 @@ from typing import Any, cast
 from sqlalchemy import Connection, Table, insert, select
 
 from bench.store.db import Store
-from bench.store.models import Build, Machine, Model, Result, ResultLog, Run, Sample
+from bench.store.models import Build, Machine, Model, Result, ResultLog, Run, SampleSeries
 from bench.store.records import insert_if_absent
 
 
@@ -136,12 +136,12 @@ def _copy_run(
     )
     id_map = dict(zip((r.id for r in results), new_ids, strict=True))
     in_run = select(Result.id).where(Result.run_id == run.id)
-    samples = src.execute(
-        select(Sample.result_id, Sample.test, Sample.seq, Sample.ns).where(Sample.result_id.in_(in_run))
+    series = src.execute(
+        select(SampleSeries.result_id, SampleSeries.test, SampleSeries.ns).where(SampleSeries.result_id.in_(in_run))
     ).all()
-    _insert_rows(dst, Sample, [{"result_id": id_map[r], "test": t, "seq": q, "ns": ns} for r, t, q, ns in samples])
+    _insert_rows(dst, SampleSeries, [{"result_id": id_map[r], "test": t, "ns": ns} for r, t, ns in series])
     logs = src.execute(select(ResultLog.result_id, ResultLog.text).where(ResultLog.result_id.in_(in_run))).all()
     _insert_rows(dst, ResultLog, [{"result_id": id_map[r], "text": text} for r, text in logs])
     report.results += len(results)
-    report.samples += len(samples)
+    report.samples += sum(len(ns) // 8 for _, _, ns in series)
     return int(new_run_id)
