@@ -1,9 +1,11 @@
 """Benchmark (not a test): perfgate's reads at scale, this tree beside another git ref, in one run.
 
-One store of 1,000 nightly runs × 4 builds × 25 models = 100,000 results and 1,000,000 sample rows (filled in
-bulk through the real schema: benchmarks/dashboard_scale.py), in SQLite and, with --postgres, copied into a
-throwaway PostgreSQL server (tests/pg_server.py). On it, each tree's own console commands, as a user runs them
-(wall time, process start included), interleaved round by round so that both trees meet the same machine load:
+One store of 1,000 nightly runs × 4 builds × 25 models = 100,000 results and 1,000,000 samples (filled in bulk
+through the real schema: benchmarks/dashboard_scale.py), in SQLite and, with --postgres, pushed into a throwaway
+PostgreSQL server (tests/pg_server.py). Each tree has its own copy, written by its own code (a tree may store
+samples otherwise: one row each before migration 0005, one packed series per result and test since); the same
+seeds give every copy the same figures. On them, each tree's own console commands, as a user runs them (wall
+time, process start included), interleaved round by round so that both trees meet the same machine load:
 
 - `bench compare` of two runs (BUILD@RUN) and of two builds (BUILD: every run of each build identity pooled);
 - `bench gate` of the two runs;
@@ -23,6 +25,7 @@ import contextlib
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,11 +33,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.store.db import open_store
-from bench.store.transfer import copy_runs
-from benchmarks.dashboard_scale import fill
+from sqlalchemy import create_engine, text
+
 from benchmarks.startup import Tree, export, run_s, tree_env
-from benchmarks.store_scale import backends, last_run
+from tests.pg_server import pg_server
 
 REPO = Path(__file__).resolve().parents[1]
 # the issue's goals, seconds
@@ -46,21 +48,56 @@ def bench_s(tree: Tree, args: list[str]) -> tuple[float, int]:
     return run_s([sys.executable, "-m", "bench", *args], tree.root, tree_env(tree))
 
 
+def in_tree(tree: Tree, *argv: str) -> None:
+    """A command of the tree's own code, from its root (its schema, its writers)."""
+    proc = subprocess.run([sys.executable, *argv], cwd=tree.root, env=tree_env(tree), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{tree.label}: {' '.join(argv[:4])} exited {proc.returncode}: {proc.stderr[-2000:]}")
+
+
+def tree_fill(tree: Tree, url: str, runs: int, first_night: int = 0) -> None:
+    """`runs` nightly runs of 4 builds × 25 models into `url`, by the tree's own bulk fill (the same figures from
+    the same seeds in every tree, each stored as that tree stores them)."""
+    code = (
+        "import sys; from benchmarks.dashboard_scale import fill; a = sys.argv; fill(a[1], int(a[2]), 4, 25, int(a[3]))"
+    )
+    in_tree(tree, "-c", code, url, str(runs), str(first_night))
+
+
+def last_run(url: str) -> int:
+    """The newest run, read without perfgate (whose store would migrate another tree's schema)."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(text("select max(id) from runs")).scalar() or 0)
+    finally:
+        engine.dispose()
+
+
 @contextlib.contextmanager
-def stores(tmp: Path, runs: int, postgres: bool) -> Iterator[dict[str, str]]:
-    """The filled SQLite store, and with `postgres` its copy on a throwaway server (store_scale's backends)."""
-    with backends(tmp, postgres) as urls:
+def stores(tmp: Path, trees: list[Tree], runs: int, postgres: bool) -> Iterator[dict[str, dict[str, str]]]:
+    """Per backend, per tree: the store of `runs` nights, each tree's own (a tree may store samples otherwise);
+    with `postgres`, pushed by the tree's own `bench push` into a database its `bench db upgrade` made."""
+    urls: dict[str, dict[str, str]] = {"sqlite": {}}
+    for n, tree in enumerate(trees):
         t0 = time.perf_counter()
-        fill(urls["sqlite"], runs, 4, 25)
-        print(f"store: {last_run(urls['sqlite'])} runs, bulk fill {time.perf_counter() - t0:.0f} s", flush=True)
-        for url in list(urls.values())[1:]:
-            with open_store(urls["sqlite"]) as src, open_store(url) as dst:
-                copy_runs(src, dst)
+        urls["sqlite"][tree.label] = url = f"sqlite:///{tmp}/store-{n}.sqlite"
+        tree_fill(tree, url, runs)
+        print(f"{tree.label}: {last_run(url)} runs, bulk fill {time.perf_counter() - t0:.0f} s", flush=True)
+    if not postgres:
+        yield urls
+        return
+    with pg_server() as server:
+        urls["postgresql"] = {}
+        for tree in trees:
+            urls["postgresql"][tree.label] = url = server.create_database()
+            in_tree(tree, "-m", "bench", "db", "upgrade", "--db", url)
+            in_tree(tree, "-m", "bench", "push", "--to", url, "--db", urls["sqlite"][tree.label])
         yield urls
 
 
-def measure(url: str, trees: list[Tree], rounds: int, tmp: Path) -> dict[tuple[str, str], list[float]]:
-    run = last_run(url)
+def measure(urls: dict[str, str], trees: list[Tree], rounds: int, tmp: Path) -> dict[tuple[str, str], list[float]]:
+    run = last_run(urls[trees[0].label])
     reads = {
         "compare runs": [
             "compare",
@@ -77,7 +114,7 @@ def measure(url: str, trees: list[Tree], rounds: int, tmp: Path) -> dict[tuple[s
     seconds: dict[tuple[str, str], list[float]] = {}
 
     def timed(tree: Tree, what: str, args: list[str], ok: tuple[int, ...] = (0,)) -> None:
-        s, code = bench_s(tree, [*args, "--db", url])
+        s, code = bench_s(tree, [*args, "--db", urls[tree.label]])
         if code not in ok:
             raise SystemExit(f"{tree.label}: bench {' '.join(args)} exited {code}")
         seconds.setdefault((tree.label, what), []).append(s)
@@ -94,7 +131,8 @@ def measure(url: str, trees: list[Tree], rounds: int, tmp: Path) -> dict[tuple[s
         for tree in trees if i % 2 == 0 else trees[::-1]:
             shutil.rmtree(sites[tree.label], ignore_errors=True)
             timed(tree, "dashboard full", ["dashboard", "--out", str(sites[tree.label])])
-    fill(url, 1, 4, 25, first_night=run)
+    for tree in trees:
+        tree_fill(tree, urls[tree.label], 1, first_night=run)
     for i in range(rounds):
         for tree in trees if i % 2 == 0 else trees[::-1]:
             # each round updates a copy of that site (hard links: perfgate never writes into a kept file)
@@ -124,9 +162,9 @@ def main() -> None:
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}; `python -c pass` {bare:.3f} s; "
               f"{args.rounds} rounds, medians")  # fmt: skip
-        with stores(tmp, args.runs, args.postgres) as urls:
-            for backend, url in urls.items():
-                seconds = measure(url, trees, args.rounds, tmp)
+        with stores(tmp, trees, args.runs, args.postgres) as urls:
+            for backend, of_tree in urls.items():
+                seconds = measure(of_tree, trees, args.rounds, tmp)
                 pad = " " * (len(backend) + 1)
                 head = "".join(f" {o.label + ' s':>12} ratio" for o in others)
                 print(f"\n{backend}: {'command':<18} {'goal s':>7} {'this tree s':>12}{head}")
