@@ -24,6 +24,7 @@ import pandas as pd
 from sqlalchemy.orm import Session
 
 from bench.errors import ConfigError, StoreError
+from bench.heap import frozen
 from bench.metrics import METRICS, Status
 from bench.store.annotations import engines_of
 from bench.store.queries import results_frame, run_settings
@@ -455,6 +456,7 @@ def _pool(
     return found_all[found_all["result_id"].isin(mine | wanted)].reset_index(drop=True)
 
 
+@frozen()  # thousands of rows pooled beside the imported libraries' objects (bench.heap)
 def compare(
     session: Session,
     baseline_ref: str,

@@ -10,6 +10,7 @@ from sqlalchemy import Integer, Select, case, func, select
 from sqlalchemy.orm import Session
 
 from bench.errors import StoreError
+from bench.heap import frozen
 from bench.metrics import Status
 from bench.store.models import Build, Machine, Model, Result, ResultLog, Run, SampleSeries
 
@@ -88,6 +89,7 @@ INT_COLUMNS = [f for f in _RESULT_FIELDS if isinstance(Result.__table__.c[f].typ
 INT_FIELDS = tuple(c for c in INT_COLUMNS if c not in ("run_id", "result_id", "n_prompt", "n_gen", "repetitions"))
 
 
+@frozen()  # 100,000 rows of objects beside the imported libraries' (bench.heap)
 def results_frame(
     session: Session,
     run_ids: list[int] | None = None,

@@ -12,6 +12,7 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, Table, insert, select
 
+from bench.heap import frozen
 from bench.store.db import Store
 from bench.store.models import Build, Machine, Model, Result, ResultLog, Run, SampleSeries
 from bench.store.records import insert_if_absent
@@ -71,6 +72,7 @@ def _insert_rows(conn: Connection, cls: Any, rows: list[dict[str, Any]]) -> None
         cursor.close()
 
 
+@frozen()  # every run of a runner's file, row by row (bench.heap)
 def copy_runs(local: Store, central: Store) -> PushReport:
     report = PushReport()
     known: dict[tuple[str, int], int] = {}

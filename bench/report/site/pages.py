@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from bench.analysis.gate import Verdict
 from bench.config import DashboardConfig, GateConfig
+from bench.heap import frozen
 from bench.metrics import METRICS
 from bench.report.site import data as site_data
 from bench.report.site.common import STATIC, TEMPLATES, code_version, environment
@@ -252,6 +253,7 @@ def _in_parallel(builder: Builder, work: list[Page]) -> list[Written]:
     return outcomes
 
 
+@frozen()  # a thousand pages of objects beside the imported libraries' (bench.heap); workers inherit it
 def build(
     session: Session,
     out_dir: Path,
