@@ -171,13 +171,25 @@ def read_details(session: Session, data: SiteData, run_ids: set[int]) -> None:
     data.runs_read = set(run_ids)
 
 
-def details(data: SiteData, run_ids: set[int] | list[int]) -> pd.DataFrame:
-    """Whole rows of the results of those runs (`read_details` must have named them), ordered by run and result."""
+def _whole(data: SiteData, run_ids: set[int]) -> pd.DataFrame:
+    """The frame of whole rows that holds those runs' results (`read_details` must have named them)."""
     source = data.results if data.complete else data.details
-    unread = set() if data.complete else set(run_ids) - data.runs_read
+    unread = set() if data.complete else run_ids - data.runs_read
     if source is None or unread:
         raise KeyError(f"runs {sorted(unread or run_ids)[:5]}: their results' rows were not read")
+    return source
+
+
+def details(data: SiteData, run_ids: set[int] | list[int]) -> pd.DataFrame:
+    """Whole rows of the results of those runs, ordered by run and result."""
+    source = _whole(data, set(run_ids))
     return source[source["run_id"].isin(run_ids)]
+
+
+def whole_rows(data: SiteData, rows: pd.DataFrame) -> pd.DataFrame:
+    """These results' whole rows: themselves when `data` holds whole rows, else those `read_details` read."""
+    source = _whole(data, set(rows["run_id"].tolist()))
+    return rows if data.complete else source[source["result_id"].isin(rows["result_id"])]
 
 
 # --- identities -------------------------------------------------------------------------------------------
