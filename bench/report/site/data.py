@@ -79,6 +79,11 @@ class SiteData:
     details: pd.DataFrame | None = None
     runs_read: set[int] = field(default_factory=set)  # the runs of `details`
 
+    @property
+    def rows_read(self) -> int:
+        """Results read whole: every one, or those `read_details` read."""
+        return len(self.results) if self.complete else 0 if self.details is None else len(self.details)
+
 
 def change_points(session: Session) -> pd.DataFrame:
     """The change points the detector stored (bench.store.changes), or none where that reader is absent."""
@@ -128,8 +133,9 @@ def load(session: Session, settings: DashboardConfig, gate: GateConfig, *, keys_
         str(fp): machine_bandwidth_gbs(settings.bandwidth_gbs, str(m["hostname"]), str(fp), m["gpu"], m["cpu"])
         for fp, m in by_fp.iterrows()
     }
-    data = SiteData(results, runs, builds, machines, changes, settings, gate, run_x, complete=not keys_only)
-    data.bandwidth = bandwidth
+    data = SiteData(
+        results, runs, builds, machines, changes, settings, gate, run_x, complete=not keys_only, bandwidth=bandwidth
+    )
     data.results = _placed(data, results)
     if not keys_only:
         data.results = _figures(data, data.results)

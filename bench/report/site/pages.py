@@ -270,13 +270,12 @@ def build(
         written = _build(builder)
         path = out.commit()
         compare_s = builder.compare_s
-        rows_read = len(data.results if data.complete else data.details if data.details is not None else [])
     except BaseException:
         out.abort()
         raise
     pages = sum(1 for rel in out.pages if rel.endswith(".html"))
     size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return SiteReport(path, pages, rows_read, written, size, time.perf_counter() - start, compare_s)
+    return SiteReport(path, pages, data.rows_read, written, size, time.perf_counter() - start, compare_s)
 
 
 def _plotly_js() -> Path:
