@@ -28,7 +28,7 @@ from bench.heap import frozen
 from bench.metrics import METRICS, Status
 from bench.store.annotations import engines_of
 from bench.store.queries import results_frame, run_settings
-from bench.store.standing import standing_frame
+from bench.store.standing import standing_frame, standing_on_machine
 
 BOOTSTRAP_RESAMPLES = 2000
 # above this many values drawn (resamples × both sides' sizes) the bootstrap distribution of a mean is normal to
@@ -111,12 +111,18 @@ def parse_ref(ref: str) -> tuple[str, int | None]:
     return name, int(run) if run else None
 
 
-def resolve_side(session: Session, ref: str, *, machine_fingerprint: str | None = None) -> Side:
+def resolve_side(
+    session: Session, ref: str, *, machine_fingerprint: str | None = None, results: pd.DataFrame | None = None
+) -> Side:
     """BUILD@RUN: the results of that run. BUILD: the results that stand for the build (bench.store.standing:
     the newest by finish time per model) on one machine: the given one when the build ran there, else the
-    machine of its newest result; a ladder measured size by size compares whole."""
+    machine of its newest result; a ladder measured size by size compares whole. `results`: a plain BUILD's
+    results already read (every run's), the rule applied to them rather than to a read of its own."""
     name, run_id = parse_ref(ref)
-    keys = standing_frame(session, name, machine_fingerprint=machine_fingerprint, run_id=run_id)
+    if results is not None and run_id is None:
+        keys = standing_on_machine(results, name, machine_fingerprint)
+    else:
+        keys = standing_frame(session, name, machine_fingerprint=machine_fingerprint, run_id=run_id)
     return Side(
         name,
         tuple(int(r) for r in keys["result_id"]),
@@ -417,18 +423,26 @@ def settings_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
 
 
 def _pool(
-    session: Session, side: Side, ref: str, extra_runs: Iterable[int], settings_of: dict[int, dict[str, Any]]
+    session: Session,
+    side: Side,
+    ref: str,
+    extra_runs: Iterable[int],
+    settings_of: dict[int, dict[str, Any]],
+    results: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """The side's own results plus every other result of the same build identity, model and machine measured
-    with equal settings: in any run for a plain BUILD, in `extra_runs` (rounds added by the gate) for BUILD@RUN."""
+    with equal settings: in any run for a plain BUILD (`results`: its results, already read), in `extra_runs`
+    (rounds added by the gate) for BUILD@RUN."""
     _, named_run = parse_ref(ref)
     extra = set(extra_runs)
     if named_run is not None and not extra:
         own = results_frame(session, list(side.run_ids), builds=[side.build], with_memory=False)
         return own[own["result_id"].isin(side.result_ids)]
-    # a plain BUILD pools from any run: one read of the build's results (no list of a thousand run ids)
-    runs = None if named_run is None else sorted({*side.run_ids, *extra})
-    found_all = results_frame(session, runs, builds=[side.build], with_memory=False)
+    if named_run is None and results is not None:
+        found_all = results
+    else:  # a plain BUILD pools from any run: one read of the build's results (no list of a thousand run ids)
+        runs = None if named_run is None else sorted({*side.run_ids, *extra})
+        found_all = results_frame(session, runs, builds=[side.build], with_memory=False)
     own = found_all[found_all["result_id"].isin(side.result_ids)]
 
     # once per run and token counts, not per result: a pool of 1,000 runs holds 25,000 results
@@ -467,8 +481,21 @@ def compare(
     ci: bool = True,
     extra_runs: Iterable[int] = (),
 ) -> Comparison:
-    candidate = resolve_side(session, candidate_ref)
-    baseline = resolve_side(session, baseline_ref, machine_fingerprint=candidate.machine_fingerprint)
+    # a plain BUILD's results are read once, with their samples: the standing rule and the pool both read them
+    read: dict[str, pd.DataFrame] = {}
+
+    def results_of(ref: str) -> pd.DataFrame | None:
+        name, run_id = parse_ref(ref)
+        if run_id is not None:
+            return None
+        if name not in read:
+            read[name] = results_frame(session, None, builds=[name], with_memory=False)
+        return read[name]
+
+    candidate = resolve_side(session, candidate_ref, results=results_of(candidate_ref))
+    baseline = resolve_side(
+        session, baseline_ref, machine_fingerprint=candidate.machine_fingerprint, results=results_of(baseline_ref)
+    )
     if set(baseline.result_ids) == set(candidate.result_ids):
         raise ConfigError(
             f"--baseline {baseline_ref} and --candidate {candidate_ref} are the same results ({candidate.label}): "
@@ -487,8 +514,8 @@ def compare(
     return build_comparison(
         baseline,
         candidate,
-        _pool(session, baseline, baseline_ref, extra, settings_of),
-        _pool(session, candidate, candidate_ref, extra, settings_of),
+        _pool(session, baseline, baseline_ref, extra, settings_of, results_of(baseline_ref)),
+        _pool(session, candidate, candidate_ref, extra, settings_of, results_of(candidate_ref)),
         settings_of,
         (engines_of(session, baseline.result_ids), engines_of(session, candidate.result_ids)),
         allow_mixed_settings=allow_mixed_settings,

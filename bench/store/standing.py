@@ -42,8 +42,6 @@ def standing_frame(
     """The standing results of one build (in one run, when given) on one machine: the given machine when
     the build ran there, else the machine of its newest measured result (predictions only when nothing was
     measured). Columns: RULE_COLUMNS, run_id, machine."""
-    from bench.store.predictions import PREDICTION_FINGERPRINT
-
     stmt = (
         select(
             Machine.fingerprint.label("machine_fingerprint"),
@@ -65,10 +63,23 @@ def standing_frame(
         stmt = stmt.where(Result.run_id == run_id)
     # as plain columns (bench.store.queries.read_columns): a build of 1,000 nightly runs has 25,000 results here
     found = read_columns(session, stmt)
-    if not found["result_id"]:
-        where = f" in run {run_id}" if run_id is not None else ""
+    where = f" in run {run_id}" if run_id is not None else ""
+    return standing_on_machine(pd.DataFrame(found, columns=SIDE_COLUMNS), build, machine_fingerprint, where)
+
+
+# what `standing_on_machine` reads of a build's results (results_frame has them all)
+SIDE_COLUMNS = [*RULE_COLUMNS, "run_id", "machine"]
+
+
+def standing_on_machine(
+    results: pd.DataFrame, build: str, machine_fingerprint: str | None = None, where: str = ""
+) -> pd.DataFrame:
+    """`standing_frame` of a build's results already read (SIDE_COLUMNS of them, every run or one run's)."""
+    from bench.store.predictions import PREDICTION_FINGERPRINT
+
+    if results.empty:
         raise NoResults(f"no results for build {build!r}{where}")
-    keys = standing(pd.DataFrame(found, columns=[*RULE_COLUMNS, "run_id", "machine"]))
+    keys = standing(results[SIDE_COLUMNS])
     if machine_fingerprint not in set(keys["machine_fingerprint"]):
         # a measured machine before the one of `bench metal-check --record`'s predictions
         predicted = keys["machine_fingerprint"] == PREDICTION_FINGERPRINT
