@@ -24,6 +24,7 @@ from bench.errors import ConfigError
 from bench.escape import visible
 from bench.metrics import Status
 from bench.report.dashboard import build_site
+from bench.report.site import data as site_data
 from bench.report.site import history_page
 from bench.report.site.output import MARKER
 from bench.runner import run_matrix
@@ -595,6 +596,25 @@ def test_an_updated_site_reads_the_rows_of_what_changed_and_is_the_site_written_
     pages = [p.read_text() for p in out.rglob("*.html")]
     assert not [p for p in pages if re.search(r'title="(nan|None)"', p)]
     assert any('class="st-ok">ok</span>' in p for p in pages)
+
+
+def test_an_update_touching_many_runs_reads_the_whole_store_and_is_the_site_written_anew(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past site_data.RUNS_NAMED_AT_MOST runs (an upgrade of perfgate rewrites every page) the whole rows are read
+    in one read of the store, never as an IN list of every run id."""
+    from benchmarks.dashboard_scale import fill
+
+    db = f"sqlite:///{tmp_path / 's.sqlite'}"
+    fill(db, 6, 2, 2)
+    out = tmp_path / "site"
+    with open_store(db) as store:
+        build_site(store, out)
+        fill(db, 1, 2, 2, first_night=6)
+        monkeypatch.setattr(site_data, "RUNS_NAMED_AT_MOST", 2)  # the added run's pages name 3 runs
+        assert build_site(store, out).rows_read == 7 * 2 * 2
+        build_site(store, tmp_path / "anew")
+    _same_site(out, tmp_path / "anew")
 
 
 @pytest.mark.slow

@@ -167,14 +167,25 @@ def _figures(data: SiteData, results: pd.DataFrame) -> pd.DataFrame:
     return results
 
 
+# above this many runs a read names no runs and takes the whole store: one read, and no IN list of thousands of run
+# ids (SQLite refuses a statement of more than 32,766 of them)
+RUNS_NAMED_AT_MOST = 200
+
+
+def runs_to_read(run_ids: set[int] | list[int]) -> list[int] | None:
+    """Those runs, in order, for a read; None (the whole store) when they are many."""
+    return sorted(run_ids) if len(run_ids) <= RUNS_NAMED_AT_MOST else None
+
+
 def read_details(session: Session, data: SiteData, run_ids: set[int]) -> None:
     """The whole rows of those runs' results, for the pages being written (nothing to read when `data` holds
-    whole rows already)."""
+    whole rows already; every run's when they are many, as after an upgrade of perfgate rewrites every page)."""
     if data.complete:
         return
-    found = results_frame(session, sorted(run_ids), with_samples=False, with_memory=False)
+    named = runs_to_read(run_ids)
+    found = results_frame(session, named, with_samples=False, with_memory=False)
     data.details = _figures(data, _placed(data, found))
-    data.runs_read = set(run_ids)
+    data.runs_read = set(run_ids) if named is not None else {int(r) for r in data.runs["run_id"]}
 
 
 def _whole(data: SiteData, run_ids: set[int]) -> pd.DataFrame:

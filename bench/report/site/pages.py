@@ -122,10 +122,9 @@ class Builder(ComparePages, RunPages, HistoryPages):
             return
         rows = site_data.details(self.data, run_ids)
         mine = rows[rows["result_id"].isin(result_ids)]
-        runs = sorted(run_ids)
         # the results are already read (site data), only their samples and memory are not: those of their runs,
-        # or of the whole store when that is most of it (one read, no list of a thousand run ids)
-        frame = with_samples(self.session, mine, runs if len(runs) <= 200 else None)
+        # or of the whole store when they are many (site_data.runs_to_read)
+        frame = with_samples(self.session, mine, site_data.runs_to_read(run_ids))
         self.samples = frame.set_index("result_id", drop=False)
         # compare_frames walks rows: hand it only the columns it reads (a wide row costs 20× more)
         wanted = ["result_id", "run_id", "model", "status", "reason", "n_prompt", "n_gen", "rounds", *METRICS]
