@@ -34,6 +34,8 @@ _ROWS = sa.table(
 )
 
 
+# the format of bench.store.models.pack_ns, written out here: a migration keeps converting to the format of its
+# revision whatever later code does
 def _pack(values: list[int]) -> bytes:
     return struct.pack(f"<{len(values)}q", *values)
 
