@@ -269,10 +269,35 @@ class _SideRows:
 
     def __init__(self, frame: pd.DataFrame) -> None:
         frame = frame.sort_values("result_id", kind="stable")
-        self.columns = {c: frame[c].tolist() for c in self.READ if c in frame.columns}
-        self.run_ids = np.array(self.columns["run_id"], dtype=np.int64)
-        rounds = self.columns.get("rounds") or [1] * len(self.run_ids)
-        self.rounds = np.array([int(r or 1) if not pd.isna(r) else 1 for r in rounds], dtype=np.int64)
+        samples = {m.samples_column for m in METRICS.values() if m.samples_column}
+        # what a row() is: the names and words (the figures are arrays below)
+        self.columns = {c: frame[c].tolist() for c in ("model", "status", "reason") if c in frame.columns}
+        self.run_ids = frame["run_id"].to_numpy(dtype=np.int64)
+        rounds = pd.to_numeric(frame["rounds"], errors="coerce") if "rounds" in frame.columns else None
+        self.rounds = (
+            np.ones(len(frame), dtype=np.int64)
+            if rounds is None
+            else rounds.fillna(1).replace(0, 1).to_numpy(dtype=np.int64)
+        )
+        # per samples column, every row's samples end to end (where each row's start, how many): a model's
+        # values are then one gather, not a list per result walked in Python
+        self.series: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for column in sorted(samples & set(frame.columns)):
+            lists = [x if x is not None else () for x in frame[column].tolist()]
+            counts = np.fromiter(map(len, lists), dtype=np.int64, count=len(lists))
+            flat = np.fromiter(itertools.chain.from_iterable(lists), dtype=float, count=int(counts.sum()))
+            self.series[column] = (flat, np.cumsum(counts) - counts, counts)
+        # the single figures, NaN where missing
+        self.figures = {
+            m: pd.to_numeric(frame[m], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+            for m in METRICS
+            if m in frame.columns
+        }
+        self.tokens = {
+            c: pd.to_numeric(frame[c], errors="coerce").fillna(0).to_numpy(dtype=np.int64)
+            for c in ("n_prompt", "n_gen")
+            if c in frame.columns
+        }
 
     def __len__(self) -> int:
         return len(self.run_ids)
@@ -288,33 +313,38 @@ class _SideRows:
 
     def values(self, rows: Iterable[int], metric: str) -> tuple[np.ndarray, np.ndarray]:
         """(each value, the position in `rows` of its result): metric_values of each row, concatenated."""
-        rows = list(rows)
+        rows = np.fromiter(rows, dtype=np.int64)
         spec = METRICS[metric]
-        column = self.columns.get(spec.samples_column or "") or [None] * len(self.run_ids)
-        lists = [column[i] or [] for i in rows]
+        found = self.series.get(spec.samples_column or "")
+        counts = found[2][rows] if found is not None else np.zeros(len(rows), dtype=np.int64)
         if spec.samples_column is not None and not spec.per_process:
-            ns, owner = self._flat(lists)
-            tokens = self.columns["n_prompt" if metric == "pp_ts" else "n_gen"]
-            n_tokens = np.array([int(tokens[i]) if lists[k] else 0 for k, i in enumerate(rows)], dtype=np.int64)
+            if found is None:
+                return np.array([], dtype=float), np.array([], dtype=np.int64)
+            ns, owner = self._gather(found, rows)
+            tokens = self.tokens["n_prompt" if metric == "pp_ts" else "n_gen"][rows]
             keep = ns > 0
             owner = owner[keep]
-            return n_tokens[owner] * 1e9 / ns[keep], owner
-        if spec.samples_column is not None and any(lists):
-            singles = [[] if lists[k] else self._single(i, metric) for k, i in enumerate(rows)]
-            ns, owner = self._flat([x if x else s for x, s in zip(lists, singles, strict=True)])
-            scale = np.array([1e9 if lists[k] else 1.0 for k in range(len(rows))])
-            return ns / scale[owner], owner
-        return self._flat([self._single(i, metric) for i in rows])
-
-    def _single(self, i: int, metric: str) -> list[float]:
-        value = self.columns[metric][i] if metric in self.columns else None
-        return [] if value is None or pd.isna(value) else [float(value)]
+            return tokens[owner] * 1e9 / ns[keep], owner
+        single = self.figures[metric][rows] if metric in self.figures else np.full(len(rows), np.nan)
+        if found is not None and counts.any():
+            # a row with load samples gives them in seconds, a row without gives its single figure
+            single = np.where(counts > 0, np.nan, single)
+            ns, owner = self._gather(found, rows)
+            values = np.concatenate([ns / 1e9, single[~np.isnan(single)]])
+            owner = np.concatenate([owner, np.flatnonzero(~np.isnan(single))])
+            order = np.argsort(owner, kind="stable")
+            return values[order], owner[order]
+        has = np.flatnonzero(~np.isnan(single))
+        return single[has], has
 
     @staticmethod
-    def _flat(lists: list[Any]) -> tuple[np.ndarray, np.ndarray]:
-        counts = np.array([len(x) for x in lists], dtype=np.int64)
-        flat = np.fromiter(itertools.chain.from_iterable(lists), dtype=float, count=int(counts.sum()))
-        return flat, np.repeat(np.arange(len(lists)), counts)
+    def _gather(found: tuple[np.ndarray, np.ndarray, np.ndarray], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Those rows' samples of one column end to end, and the position in `rows` each came from."""
+        flat, starts, counts = found
+        mine = counts[rows]
+        owner = np.repeat(np.arange(len(rows)), mine)
+        at = np.repeat(starts[rows] - (np.cumsum(mine) - mine), mine) + np.arange(int(mine.sum()))
+        return flat[at], owner
 
     def processes(
         self, rows: Iterable[int], metric: str, found: tuple[np.ndarray, np.ndarray] | None = None
