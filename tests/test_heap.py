@@ -1,5 +1,5 @@
 """bench.heap: bulk reads and site builds leave the objects that existed before them out of collection, and
-give them back after, nested or on an error."""
+give them back after, nested or on an error, collecting nothing meanwhile."""
 
 from __future__ import annotations
 
@@ -22,8 +22,16 @@ def test_frozen_blocks_nest_and_give_the_heap_back_even_on_an_error() -> None:
         assert gc.get_freeze_count() == outer
     assert gc.get_freeze_count() == 0
     with pytest.raises(RuntimeError), frozen():
+        assert not gc.isenabled()  # nothing collected inside the block
         raise RuntimeError("a read that fails")
-    assert gc.get_freeze_count() == 0
+    assert gc.get_freeze_count() == 0 and gc.isenabled()
+    gc.disable()  # a caller that turned collection off keeps it off
+    try:
+        with frozen():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_a_comparison_and_a_site_leave_nothing_frozen(tmp_path: Path) -> None:

@@ -581,11 +581,15 @@ def build_comparison(
         baseline.machine_fingerprint != candidate.machine_fingerprint,
         compare_frames(base, cand, ci=ci),
         tuple(mixed),
-        (tuple(sorted({int(r) for r in base["run_id"]})), tuple(sorted({int(r) for r in cand["run_id"]}))),
+        (_runs_of(base), _runs_of(cand)),
         engines,
         predicted,
         measured_on_metal,
     )
+
+
+def _runs_of(frame: pd.DataFrame) -> tuple[int, ...]:
+    return tuple(np.unique(frame["run_id"].to_numpy(dtype=np.int64)).tolist())
 
 
 def mixed_settings_refusal(baseline: Side, candidate: Side, mixed: Iterable[str]) -> str:
@@ -619,7 +623,9 @@ def _with_rounds(frame: pd.DataFrame, settings_of: dict[int, dict[str, Any]]) ->
         settings = settings_of.get(run_id) or {}
         return int(settings.get("rounds") or 1) if settings.get("interleave") else 1
 
-    return frame.assign(rounds=[rounds(int(r)) for r in frame["run_id"]])
+    runs = frame["run_id"].to_numpy(dtype=np.int64)
+    of_run = {r: rounds(r) for r in np.unique(runs).tolist()}  # once per run, not per result
+    return frame.assign(rounds=[of_run[r] for r in runs.tolist()])
 
 
 def _mixed_settings(

@@ -255,14 +255,12 @@ def _sample_lists(
     if not rows:
         return {}
     ids, packed = zip(*rows, strict=True)
-    blobs = [bytes(b) for b in packed]  # PostgreSQL's driver hands back memoryviews
-    flat = np.frombuffer(b"".join(blobs), dtype="<i8").tolist()  # one conversion, then list slices
-    out, at = {}, 0
-    for result_id, blob in zip(ids, blobs, strict=True):
-        n = len(blob) // 8
-        out[int(result_id)] = flat[at : at + n]
-        at += n
-    return out
+    # PostgreSQL's driver hands back memoryviews
+    blobs = packed if isinstance(packed[0], bytes) else [bytes(b) for b in packed]
+    ends = np.cumsum(np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs)) // 8)
+    starts = np.r_[0, ends[:-1]]
+    flat = np.frombuffer(b"".join(blobs), dtype="<i8").tolist()  # one conversion, then list slices (in C)
+    return dict(zip(ids, map(flat.__getitem__, map(slice, starts.tolist(), ends.tolist())), strict=True))
 
 
 def sample_count(session: Session, tests: tuple[str, ...] = SAMPLE_TESTS) -> int:
