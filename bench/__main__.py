@@ -1,4 +1,4 @@
-from bench.cli import main
+from bench.cli import run
 
 if __name__ == "__main__":  # a spawned worker imports this module as __mp_main__: it must not run the CLI again
-    main()
+    run()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +83,24 @@ def test_reading_a_config_imports_neither_numpy_nor_gguf() -> None:
     code = "import sys, bench.config; print(sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'gguf'}))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_process_ends_with_mains_exit_code_and_all_its_output(tmp_path: Path) -> None:
+    """bench.cli.run ends the process without the interpreter's teardown: what was printed still arrives whole
+    through a pipe, and each way out keeps its code (0, a usage error's 2, a config error's 2 with one line)."""
+    db = f"sqlite:///{tmp_path / 's.sqlite'}"
+    code = "from benchmarks.dashboard_scale import fill; import sys; fill(sys.argv[1], 2, 2, 3)"
+    subprocess.run([sys.executable, "-c", code, db], cwd=REPO, check=True, timeout=120)
+
+    def bench(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "bench", *args], cwd=REPO, capture_output=True, text=True, timeout=120
+        )
+
+    listed = bench("results", "--all", "--format", "json", "--db", db)
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)) == 2 * 2 * 3  # the whole document, flushed before the process ended
+    usage = bench("compare", "--no-such-option")
+    assert usage.returncode == 2 and "No such option" in usage.stderr
+    refused = bench("compare", "--baseline", "build-0", "--candidate", "build-0", "--db", db)
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and refused.stderr.startswith("error: ")
