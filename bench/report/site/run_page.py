@@ -54,6 +54,8 @@ class RunPages(BuilderState):
         out of the frame and formatted once for the batch (per-page column reads cost more than the markup)."""
         frame = self.run_results([p.run_id for p in pages])
         shown = {**{c: frame[c].tolist() for c in _RUN_ROW if c in frame.columns}, **display_columns(frame)}
+        for c in _PRINTED:  # names, statuses and figures repeat: each distinct one escaped once for the batch
+            shown[c] = _h_each(shown[c])
         rows = [result_rows(_RunRow(*t)) for t in zip(*(shown[c] for c in _RUN_ROW), strict=True)]
         exported = frame[[*RESULT_COLUMNS, "log", "tg_roofline_pct"]]
         bounds: dict[int, list[int]] = {}
@@ -201,6 +203,11 @@ def display_columns(frame: pd.DataFrame) -> dict[str, list[str]]:
 
 
 _RunRow = collections.namedtuple("_RunRow", _RUN_ROW)  # type: ignore[misc]
+# the fields of a _RunRow that result_rows prints as they come: escaped (by _h_each) before it is made
+_PRINTED = (
+    *("build", "model", "file_txt", "status", "layers_txt", "load_txt", "pp_txt", "tg_txt"),
+    *("buffers_txt", "rss_txt", "gpu_txt", "exit_txt", "n_prompt", "n_gen"),
+)
 
 
 def _h(value: Any) -> str:
@@ -223,6 +230,16 @@ _SHORT_TEXT = 200
 _h_short = functools.lru_cache(maxsize=1 << 16)(_escaped_text)
 
 
+def _h_each(values: list[Any]) -> list[str]:
+    """_h of each value, computed once per distinct value (a dictionary lookup per row, not a call)."""
+    try:
+        # a NaN equals nothing, but each is its own key and is found by identity
+        done = {v: _h(v) for v in set(values)}
+        return [done[v] for v in values]
+    except TypeError:  # an unhashable value
+        return [_h(v) for v in values]
+
+
 def _values(values: list[Any]) -> str:
     """A list of values as _h prints each, comma-separated: a sample list is all ints, whose text needs no escape
     (two million samples in a full build; one type check per list, in C)."""
@@ -236,10 +253,11 @@ def result_rows(r: Any) -> Markup:
 
     Markup made here rather than in run.html.j2: 1,000 run pages of 100 results are 100,000 rows of 35 values
     each, and the template's per-value lookups cost more than writing the site (10 s of a full build). Every
-    value goes through _h, the template environment's own finalize and escape."""
+    value goes through _h, the template environment's own finalize and escape: the fields of _PRINTED come
+    escaped, the rest are escaped here."""
     roof = r.tg_roofline_pct
     beyond = not render.missing(roof) and roof > 100
-    status = _h(r.status)
+    status = r.status
     # pandas' string columns hold a missing reason as NaN; a log line's own line end is not part of it
     reason = "" if render.missing(r.reason) else _h(str(r.reason).rstrip("\r\n"))
     backend = "" if render.missing(r.backend) else _h(r.backend)
@@ -247,18 +265,18 @@ def result_rows(r: Any) -> Markup:
     title = ' title="above the memory-bandwidth roofline: a measurement error"' if beyond else ""
     return Markup(
         f'<tr class="st-border-{status}">\n'
-        f"  <td>{_h(r.build)}</td><td>{_h(r.model)}<br><small>{_h(r.file_txt)}</small></td>\n"
+        f"  <td>{r.build}</td><td>{r.model}<br><small>{r.file_txt}</small></td>\n"
         f'  <td><span class="st-{status}">{status}</span><br><small class="reason">{reason}</small></td>\n'
-        f"  <td>{_h(r.layers_txt)} {backend}</td><td>{_h(r.load_txt)}</td><td>{_h(r.pp_txt)}</td>"
-        f"<td>{_h(r.tg_txt)}</td>\n"
+        f"  <td>{r.layers_txt} {backend}</td><td>{r.load_txt}</td><td>{r.pp_txt}</td>"
+        f"<td>{r.tg_txt}</td>\n"
         f'  <td class="roofline{" impossible" if beyond else ""}"'
         f"{title}>"
         f"{_h(pct)}{' ⚠ measurement error' if beyond else ''}</td>\n"
-        f"  <td>{_h(r.buffers_txt)}</td><td>{_h(r.rss_txt)}</td><td>{_h(r.gpu_txt)}</td><td>{_h(r.exit_txt)}</td>\n"
+        f"  <td>{r.buffers_txt}</td><td>{r.rss_txt}</td><td>{r.gpu_txt}</td><td>{r.exit_txt}</td>\n"
         "</tr>\n"
         f'<tr class="detail"><td colspan="12"><details><summary>samples and load log ({len(r.log)} characters)'
         "</summary>\n"
-        f"  <p><small>pp{_h(r.n_prompt)} ns: {_values(r.samples_pp_ns)}<br>"
-        f"tg{_h(r.n_gen)} ns: {_values(r.samples_tg_ns)}</small></p>\n"
+        f"  <p><small>pp{r.n_prompt} ns: {_values(r.samples_pp_ns)}<br>"
+        f"tg{r.n_gen} ns: {_values(r.samples_tg_ns)}</small></p>\n"
         f'  <pre class="log">{escape(visible_lines(r.log))}</pre></details></td></tr>\n'
     )
