@@ -77,6 +77,12 @@ class SiteOutput:
         self.pages: dict[str, str] = {}
         self.written = 0
         self.reused = 0
+        self._folders: set[Path] = {self.stage}  # made in the stage: one mkdir per folder, not per file
+
+    def _folder_of(self, target: Path) -> None:
+        if target.parent not in self._folders:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._folders.add(target.parent)
 
     def unchanged(self, rel: str, key: str) -> bool:
         """Keep the old file when its inputs are the same: a hard link into the new site (a copy if the
@@ -87,7 +93,7 @@ class SiteOutput:
         if not source.is_file() or source.is_symlink():
             return False
         target = self.stage / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
+        self._folder_of(target)
         try:
             os.link(source, target)
         except OSError:
@@ -98,7 +104,7 @@ class SiteOutput:
 
     def write(self, rel: str, text: str, key: str | None = None) -> None:
         target = self.stage / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
+        self._folder_of(target)
         target.write_text(text, encoding="utf-8")
         if key is not None:
             self.pages[rel] = key
@@ -108,7 +114,7 @@ class SiteOutput:
         key = f"{source.stat().st_size}:{source.stat().st_mtime_ns}"
         if not self.unchanged(rel, key):
             target = self.stage / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
+            self._folder_of(target)
             shutil.copyfile(source, target)
             self.pages[rel] = key
 
