@@ -452,6 +452,11 @@ def settings_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return [f"{k} {a[k]} → {b[k]}" for k in SETTINGS_COMPARED if k in a and k in b and a[k] != b[k]]
 
 
+# what a comparison reads of each result (with its samples and the names results_frame joins): the standing rule's
+# times, the settings that must agree (token counts), what a row shows (status, reason) and every metric's figure
+SIDE_FIELDS = ("status", "reason", "started_at", "finished_at", "n_prompt", "n_gen", *METRICS)
+
+
 def _pool(
     session: Session,
     side: Side,
@@ -466,13 +471,13 @@ def _pool(
     _, named_run = parse_ref(ref)
     extra = set(extra_runs)
     if named_run is not None and not extra:
-        own = results_frame(session, list(side.run_ids), builds=[side.build], with_memory=False)
+        own = results_frame(session, list(side.run_ids), builds=[side.build], only=SIDE_FIELDS)
         return own[own["result_id"].isin(side.result_ids)]
     if named_run is None and results is not None:
         found_all = results
     else:  # a plain BUILD pools from any run: one read of the build's results (no list of a thousand run ids)
         runs = None if named_run is None else sorted({*side.run_ids, *extra})
-        found_all = results_frame(session, runs, builds=[side.build], with_memory=False)
+        found_all = results_frame(session, runs, builds=[side.build], only=SIDE_FIELDS)
     own = found_all[found_all["result_id"].isin(side.result_ids)]
 
     # once per run and token counts, not per result: a pool of 1,000 runs holds 25,000 results
@@ -519,7 +524,7 @@ def compare(
         if run_id is not None:
             return None
         if name not in read:
-            read[name] = results_frame(session, None, builds=[name], with_memory=False)
+            read[name] = results_frame(session, None, builds=[name], only=SIDE_FIELDS)
         return read[name]
 
     candidate = resolve_side(session, candidate_ref, results=results_of(candidate_ref))

@@ -105,10 +105,14 @@ def results_frame(
     Plain column selects (no ORM objects): the dashboard reads 100,000 results through here. Without samples
     the samples columns are empty lists; without memory the `memory` column is None (decoding 100,000 JSON
     documents nobody reads costs a second: `with_samples` reads them for the rows that are shown). `only`: of the
-    results table's own fields, just these (and run_id), with the names of `_KEY_NAMES` and no samples: what a
-    page's key reads of every result, a third of the time of the whole row."""
+    results table's own fields, just these (and run_id), with the names of `_KEY_NAMES` (and the samples when
+    `with_samples`): what a page's key reads of every result, a third of the time of the whole row, or what a
+    comparison reads of two builds' 50,000 results."""
     if only is not None:
-        return _some_fields(session, run_ids, builds, only)
+        frame = _some_fields(session, run_ids, builds, only)
+        if with_samples and len(frame):
+            _attach_samples(session, frame, run_ids, builds)
+        return frame
     fields = _RESULT_FIELDS if with_memory else tuple(f for f in _RESULT_FIELDS if f != "memory")
     found = _read_results(session, fields, run_ids, builds)
     if not with_memory:

@@ -116,7 +116,7 @@ def load(session: Session, settings: DashboardConfig, gate: GateConfig, *, keys_
     """Every result of the store: whole rows, or with `keys_only` the columns that say which pages changed (a site
     brought up to date then reads the rest of the rows of the pages it writes: `read_details`)."""
     if keys_only:
-        results = results_frame(session, only=KEY_FIELDS)
+        results = results_frame(session, only=KEY_FIELDS, with_samples=False)
     else:
         results = results_frame(session, with_samples=False, with_memory=False)
     runs = runs_frame(session)
