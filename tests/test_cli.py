@@ -104,3 +104,17 @@ def test_the_process_ends_with_mains_exit_code_and_all_its_output(tmp_path: Path
     assert usage.returncode == 2 and "No such option" in usage.stderr
     refused = bench("compare", "--baseline", "build-0", "--candidate", "build-0", "--db", db)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and refused.stderr.startswith("error: ")
+
+
+def test_machine_readable_output_does_not_import_rich(tmp_path: Path) -> None:
+    # rich draws the terminal's tables only (13 ms of every read command that imported it)
+    db = f"sqlite:///{tmp_path / 's.sqlite'}"
+    code = "from benchmarks.dashboard_scale import fill; import sys; fill(sys.argv[1], 2, 2, 3)"
+    subprocess.run([sys.executable, "-c", code, db], cwd=REPO, check=True, timeout=120)
+    compare = ("compare", "--baseline", "build-0", "--candidate", "build-1")
+    for args in (("results", "--format", "json"), (*compare, "--format", "json")):
+        proc, modules = imported_by(*args, "--db", db)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert not {m for m in modules if m.split(".")[0] == "rich"}, args
+    proc, modules = imported_by("results", "--db", db)  # the table does
+    assert proc.returncode == 0 and "rich.table" in modules

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import math
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from rich.table import Table
 
 from bench.escape import json_text, markdown_text, terminal_text
+
+if TYPE_CHECKING:
+    from rich.table import Table  # the terminal's tables only: JSON, CSV and the site never import rich
 
 FORMATS = ("table", "json", "csv", "markdown")
 
@@ -77,6 +79,8 @@ def fmt_ts(mean: float | None, std: float | None = None) -> str:
 
 
 def results_table(frame: pd.DataFrame, title: str) -> Table:
+    from rich.table import Table
+
     table = Table(title=terminal_text(title))
     for col in (
         "run",
@@ -111,6 +115,8 @@ def results_table(frame: pd.DataFrame, title: str) -> Table:
 
 
 def frame_table(frame: pd.DataFrame, title: str) -> Table:
+    from rich.table import Table
+
     table = Table(title=terminal_text(title))
     for col in frame.columns:
         table.add_column(terminal_text(str(col)), overflow="fold")
