@@ -239,8 +239,8 @@ def _paired(base: tuple[np.ndarray, np.ndarray], cand: tuple[np.ndarray, np.ndar
     for runs, values in (base, cand):
         order = np.argsort(runs, kind="stable")
         r, v = runs[order], values[order]
-        starts = np.flatnonzero(np.r_[True, r[1:] != r[:-1]]) if len(r) else np.array([], dtype=int)
-        position = np.arange(len(r)) - np.repeat(starts, np.diff(np.r_[starts, len(r)]))
+        starts = np.flatnonzero(np.concatenate(([True], r[1:] != r[:-1]))) if len(r) else np.array([], dtype=int)
+        position = np.arange(len(r)) - np.repeat(starts, np.diff(np.append(starts, len(r))))
         keyed.append((r, position, v))
 
     def matched(mine: tuple[np.ndarray, ...], other: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -293,6 +293,8 @@ class _SideRows:
             for m in METRICS
             if m in frame.columns
         }
+        # each metric's processes of every row (processes() picks a model's out of them)
+        self._every: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self.tokens = {
             c: pd.to_numeric(frame[c], errors="coerce").fillna(0).to_numpy(dtype=np.int64)
             for c in ("n_prompt", "n_gen")
@@ -351,15 +353,35 @@ class _SideRows:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(run id, value) of each worker process of `rows` in result order (process_values of each row), from
         the values `values` read: a result of one process is the median of its values, computed for all results
-        of one sample count at once; an interleaved result is split into its rounds."""
+        of one sample count at once; an interleaved result is split into its rounds.
+
+        A process's value depends on its own result alone: rows in increasing order (a model's, as compare_frames
+        asks) are picked out of every row's processes, computed once per metric, not once per model."""
         rows = np.fromiter(rows, dtype=np.int64)
+        if len(rows) > 1 and not (np.diff(rows) > 0).all():
+            return self._processes(rows, metric, found)[:2]
+        if metric not in self._every:
+            self._every[metric] = self._processes(np.arange(len(self)), metric, None)
+        runs, values, owner = self._every[metric]
+        # `owner` is in row order: each row's processes are one run of it
+        lo, hi = np.searchsorted(owner, rows, "left"), np.searchsorted(owner, rows, "right")
+        if len(rows) == 1:
+            return runs[lo[0] : hi[0]], values[lo[0] : hi[0]]
+        n = hi - lo
+        at = np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+        return runs[at], values[at]
+
+    def _processes(
+        self, rows: np.ndarray, metric: str, found: tuple[np.ndarray, np.ndarray] | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """processes() of those rows, with the row each process came from."""
         values, owner = found if found is not None else self.values(rows.tolist(), metric)
         keep = values > 0
         values, owner = values[keep], owner[keep]
         if METRICS[metric].per_process:
-            return self.run_ids[rows][owner], values
+            return self.run_ids[rows][owner], values, rows[owner]
         counts = np.bincount(owner, minlength=len(rows))
-        offsets = np.r_[0, np.cumsum(counts)[:-1]]
+        offsets = np.cumsum(counts) - counts
         rounds = self.rounds[rows]
         one = np.full(len(rows), np.nan)
         for k in np.unique(counts[(rounds <= 1) & (counts > 0)]):
@@ -367,20 +389,22 @@ class _SideRows:
             one[chosen] = np.median(values[offsets[chosen][:, None] + np.arange(k)], axis=1)
         if not (rounds > 1).any():
             has = counts > 0
-            return self.run_ids[rows][has], one[has]
-        runs, out = [], []
+            return self.run_ids[rows][has], one[has], rows[has]
+        runs, out, of = [], [], []
         for k, row in enumerate(rows.tolist()):
             if rounds[k] <= 1:
                 if counts[k]:
                     runs.append(self.run_ids[row])
                     out.append(one[k])
+                    of.append(row)
                 continue
             mine = values[offsets[k] : offsets[k] + counts[k]]
             for chunk in np.array_split(mine, min(int(rounds[k]), max(len(mine), 1))):
                 if len(chunk):
                     runs.append(self.run_ids[row])
                     out.append(float(np.median(chunk)))
-        return np.array(runs, dtype=np.int64), np.array(out, dtype=float)
+                    of.append(row)
+        return np.array(runs, dtype=np.int64), np.array(out, dtype=float), np.array(of, dtype=np.int64)
 
 
 def compare_frames(
