@@ -208,9 +208,11 @@ def _attach_samples(
     """Fill the samples_*_ns columns of `frame` (the results of `run_ids` and `builds`, or of the whole store)
     in place."""
     empty: list[int] = []
+    series = _sample_series(session, run_ids, builds)
+    ids = frame["result_id"].tolist()
     for test in SAMPLE_TESTS:
-        lists = _sample_lists(session, test, run_ids, builds)
-        frame[f"samples_{test}_ns"] = [lists.get(i, empty) for i in frame["result_id"].tolist()]
+        lists = series[test]
+        frame[f"samples_{test}_ns"] = [lists.get(i, empty) for i in ids]
 
 
 def read_columns(session: Session, stmt: Select[*tuple[Any, ...]]) -> dict[str, list[Any]]:
@@ -234,14 +236,15 @@ def read_columns(session: Session, stmt: Select[*tuple[Any, ...]]) -> dict[str, 
     return out
 
 
-def _sample_lists(
-    session: Session, test: str, run_ids: list[int] | None, builds: list[str] | None = None
-) -> dict[int, list[int]]:
-    """One test's samples of each result, in the order they were measured.
+def _sample_series(
+    session: Session, run_ids: list[int] | None, builds: list[str] | None = None
+) -> dict[str, dict[int, list[int]]]:
+    """Each test's samples of each result, in the order they were measured.
 
-    A series a row (bench.store.models.SampleSeries), read through the DBAPI cursor and unpacked all at once:
-    the store's million samples are 200,000 rows, each a few bytes to slice, not an object per sample."""
-    sel = select(SampleSeries.result_id, SampleSeries.ns).where(SampleSeries.test == test)
+    A series a row (bench.store.models.SampleSeries), every test's in one read through the DBAPI cursor, and
+    unpacked all at once: the store's million samples are 200,000 rows, each a few bytes to slice, not an object
+    per sample (a read per test walked the results once per test, the empty ones too)."""
+    sel = select(SampleSeries.result_id, SampleSeries.test, SampleSeries.ns)
     if run_ids is not None or builds is not None:
         sel = sel.join(Result, SampleSeries.result_id == Result.id)
     if run_ids is not None:
@@ -256,15 +259,19 @@ def _sample_lists(
         rows = cursor.fetchall()
     finally:
         cursor.close()
+    out: dict[str, dict[int, list[int]]] = {test: {} for test in SAMPLE_TESTS}
     if not rows:
-        return {}
-    ids, packed = zip(*rows, strict=True)
+        return out
+    ids, tests, packed = zip(*rows, strict=True)
     # PostgreSQL's driver hands back memoryviews
     blobs = packed if isinstance(packed[0], bytes) else [bytes(b) for b in packed]
     ends = np.cumsum(np.fromiter(map(len, blobs), dtype=np.int64, count=len(blobs)) // 8)
     starts = np.r_[0, ends[:-1]]
     flat = np.frombuffer(b"".join(blobs), dtype="<i8").tolist()  # one conversion, then list slices (in C)
-    return dict(zip(ids, map(flat.__getitem__, map(slice, starts.tolist(), ends.tolist())), strict=True))
+    lists = map(flat.__getitem__, map(slice, starts.tolist(), ends.tolist()))
+    for test, result_id, values in zip(tests, ids, lists, strict=True):
+        out[test][result_id] = values
+    return out
 
 
 def sample_count(session: Session, tests: tuple[str, ...] = SAMPLE_TESTS) -> int:
