@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pstats
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +105,17 @@ def test_the_process_ends_with_mains_exit_code_and_all_its_output(tmp_path: Path
     assert usage.returncode == 2 and "No such option" in usage.stderr
     refused = bench("compare", "--baseline", "build-0", "--candidate", "build-0", "--db", db)
     assert refused.returncode == 2 and refused.stderr.count("\n") == 1 and refused.stderr.startswith("error: ")
+    # under a profiler the process ends Python's usual way, so the profile is written after main() returns
+    profile = tmp_path / "results.prof"
+    profiled = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "bench", "results", "--all", "--db", db],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert profiled.returncode == 0, profiled.stderr
+    assert pstats.Stats(str(profile)).total_calls > 0
 
 
 def test_machine_readable_output_does_not_import_rich(tmp_path: Path) -> None:

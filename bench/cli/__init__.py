@@ -26,7 +26,8 @@ def run() -> NoReturn:
     interpreter's teardown. Unwinding every module and freeing what a command read (100,000 rows of a dashboard
     or a pooled comparison) cost 0.1–0.2 s after the work was done. Every file, store and worker pool is closed
     by the command's own `with` blocks before main() returns; an error that escapes main() (a traceback) takes
-    Python's usual way out."""
+    Python's usual way out, and so does everything under a profiler or tracer (cProfile, coverage, a debugger),
+    which writes what it saw after main() returns."""
     try:
         main()
         code = 0
@@ -36,6 +37,8 @@ def run() -> NoReturn:
         else:
             sys.stderr.write(f"{exc.code}\n")
             code = 1
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(code)
     try:
         sys.stdout.flush()
         sys.stderr.flush()
