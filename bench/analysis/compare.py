@@ -344,38 +344,31 @@ class _SideRows:
         """Those rows' samples of one column end to end, and the position in `rows` each came from."""
         flat, starts, counts = found
         mine = counts[rows]
-        owner = np.repeat(np.arange(len(rows)), mine)
-        at = np.repeat(starts[rows] - (np.cumsum(mine) - mine), mine) + np.arange(int(mine.sum()))
-        return flat[at], owner
+        return flat[_spans(starts[rows], mine)], np.repeat(np.arange(len(rows)), mine)
 
-    def processes(
-        self, rows: Iterable[int], metric: str, found: tuple[np.ndarray, np.ndarray] | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def processes(self, rows: Iterable[int], metric: str) -> tuple[np.ndarray, np.ndarray]:
         """(run id, value) of each worker process of `rows` in result order (process_values of each row), from
-        the values `values` read: a result of one process is the median of its values, computed for all results
+        the values `values` reads: a result of one process is the median of its values, computed for all results
         of one sample count at once; an interleaved result is split into its rounds.
 
         A process's value depends on its own result alone: rows in increasing order (a model's, as compare_frames
         asks) are picked out of every row's processes, computed once per metric, not once per model."""
         rows = np.fromiter(rows, dtype=np.int64)
         if len(rows) > 1 and not (np.diff(rows) > 0).all():
-            return self._processes(rows, metric, found)[:2]
+            return self._processes(rows, metric)[:2]
         if metric not in self._every:
-            self._every[metric] = self._processes(np.arange(len(self)), metric, None)
+            self._every[metric] = self._processes(np.arange(len(self)), metric)
         runs, values, owner = self._every[metric]
         # `owner` is in row order: each row's processes are one run of it
         lo, hi = np.searchsorted(owner, rows, "left"), np.searchsorted(owner, rows, "right")
         if len(rows) == 1:
             return runs[lo[0] : hi[0]], values[lo[0] : hi[0]]
-        n = hi - lo
-        at = np.repeat(lo - (np.cumsum(n) - n), n) + np.arange(int(n.sum()))
+        at = _spans(lo, hi - lo)
         return runs[at], values[at]
 
-    def _processes(
-        self, rows: np.ndarray, metric: str, found: tuple[np.ndarray, np.ndarray] | None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _processes(self, rows: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """processes() of those rows, with the row each process came from."""
-        values, owner = found if found is not None else self.values(rows.tolist(), metric)
+        values, owner = self.values(rows.tolist(), metric)
         keep = values > 0
         values, owner = values[keep], owner[keep]
         if METRICS[metric].per_process:
@@ -407,14 +400,19 @@ class _SideRows:
         return np.array(runs, dtype=np.int64), np.array(out, dtype=float), np.array(of, dtype=np.int64)
 
 
+def _spans(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The positions starts[i] … starts[i] + counts[i] − 1 of every i, end to end."""
+    return np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum()))
+
+
 def compare_frames(
     base: pd.DataFrame, cand: pd.DataFrame, metrics: tuple[str, ...] = tuple(METRICS), ci: bool = True
 ) -> pd.DataFrame:
     """Per model × metric: baseline/candidate means, ratio, CI, p-value and the paired log ratios.
 
     A side may hold several results of one model (pooled runs): the newest one's status speaks for the side,
-    and the samples of all its ok results are pooled. Each side is read once into columns, and each model's
-    values once per metric (pooled and paired both use them)."""
+    and the samples of all its ok results are pooled. Each side is read once into arrays; a model's values are
+    gathered once per metric, and its processes picked out of the side's, computed once per metric."""
     sides = [_SideRows(base), _SideRows(cand)]
     groups = [side.by_model() for side in sides]
     rows = []
@@ -429,12 +427,11 @@ def compare_frames(
             ok_rows.append([i for i in mine if status[i] == Status.OK] if last and last["status"] == Status.OK else [])
         b, c = newest
         for metric in metrics:
-            found = [side.values(ok, metric) for side, ok in zip(sides, ok_rows, strict=True)]
-            bv, cv = found[0][0], found[1][0]
+            bv, cv = (side.values(ok, metric)[0] for side, ok in zip(sides, ok_rows, strict=True))
             bm, cm = (float(np.mean(bv)) if len(bv) else np.nan), (float(np.mean(cv)) if len(cv) else np.nan)
             low, high = ratio_ci(bv, cv) if ci and len(bv) and len(cv) else (np.nan, np.nan)
             diffs = (
-                _paired(*(s.processes(ok, metric, f) for s, ok, f in zip(sides, ok_rows, found, strict=True)))
+                _paired(*(s.processes(ok, metric) for s, ok in zip(sides, ok_rows, strict=True)))
                 if len(bv) and len(cv)
                 else []
             )
