@@ -658,14 +658,17 @@ def _mixed_settings(
     base: pd.DataFrame, cand: pd.DataFrame, baseline: Side, candidate: Side, settings_of: dict[int, dict[str, Any]]
 ) -> list[str]:
     """Per model measured on both sides: the settings that differ between the results standing for each side."""
-    chosen_b = base[base["result_id"].isin(baseline.result_ids)].set_index("model")
-    chosen_c = cand[cand["result_id"].isin(candidate.result_ids)]
+    def chosen(frame: pd.DataFrame, ids: tuple[int, ...]) -> list[dict[str, Any]]:
+        # what suite_settings reads, as plain records (a pandas lookup per model cost 8 ms a comparison)
+        return frame.loc[frame["result_id"].isin(ids), ["model", "run_id", "n_prompt", "n_gen"]].to_dict("records")
+
+    # a model's newest baseline result when it has several (the frame's order: run, then result)
+    of_model = {b["model"]: b for b in chosen(base, baseline.result_ids)}
     found: dict[str, list[str]] = {}
-    for _, c in chosen_c.iterrows():
-        if c["model"] not in chosen_b.index:
+    for c in chosen(cand, candidate.result_ids):
+        b = of_model.get(c["model"])
+        if b is None:
             continue
-        b = chosen_b.loc[c["model"]]
-        b = b.iloc[-1] if isinstance(b, pd.DataFrame) else b
         diff = settings_differences(
             suite_settings(b, settings_of.get(int(b["run_id"]))), suite_settings(c, settings_of.get(int(c["run_id"])))
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from dataclasses import asdict, is_dataclass
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +59,8 @@ def environment() -> Environment:
 
 def plain(value: Any) -> Any:
     """JSON-ready: NaN and NA → null, numpy scalars → Python, dataclasses and enums → dicts and strings."""
-    if is_dataclass(value) and not isinstance(value, type):
-        return plain(asdict(value))
+    if is_dataclass(value) and not isinstance(value, type):  # field by field: asdict deep-copies every value first
+        return {f.name: plain(getattr(value, f.name)) for f in fields(value)}
     if isinstance(value, dict):
         return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

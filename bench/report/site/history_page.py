@@ -122,7 +122,9 @@ class HistoryPages(BuilderState):
         written = [block for block in blocks if block.runs is not None]
         if written:
             shown = {r for block in written for r in block.runs or ()}
-            mine = site_data.whole_rows(self.data, rows[rows["run_id"].isin(shown)]).sort_values(["x", "result_id"])
+            mine = site_data.whole_rows(self.data, rows[rows["run_id"].isin(shown)])
+            # only the columns a block shows: each block's pick then copies a tenth of the whole row
+            mine = mine[[c for c in _BLOCK_COLUMNS if c in mine.columns]].sort_values(["x", "result_id"])
             for block in written:
                 text = json_text(self.history_block(block.name, mine[mine["run_id"].isin(block.runs or ())]))
                 self.out.write(f"data/{block.name}.json", text, block.key)
@@ -159,6 +161,14 @@ class HistoryPages(BuilderState):
             scripts=["plotly.min.js", f"data/{stem}.js", *(f"data/{name}.js" for name in names), "site.js"],
         )
         return entry
+
+
+# what history_block reads of a result (and the sort's tie-break)
+_BLOCK_COLUMNS = (
+    *("result_id", "x", "build", "run_id", "status", "commit", "tg_roofline_pct"),
+    *METRICS,
+    *(f"{m}_ci95" for m in METRICS),
+)
 
 
 def _ticks(data: SiteData, fp: str) -> dict[str, list[Any]]:

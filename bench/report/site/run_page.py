@@ -57,20 +57,28 @@ class RunPages(BuilderState):
         for c in _PRINTED:  # names, statuses and figures repeat: each distinct one escaped once for the batch
             shown[c] = _h_each(shown[c])
         rows = [result_rows(_RunRow(*t)) for t in zip(*(shown[c] for c in _RUN_ROW), strict=True)]
-        exported = frame[[*RESULT_COLUMNS, "log", "tg_roofline_pct"]]
+        cells = matrix_cells(frame)
+        # the JSON of every row at once, one line each (a line end inside a value is escaped): each page's file is
+        # its runs' lines as one array, byte for byte what a to_json of its rows alone writes
+        lines = frame[[*RESULT_COLUMNS, "log", "tg_roofline_pct"]].to_json(
+            orient="records", date_format="iso", lines=True
+        )
+        records = lines.split("\n")
         bounds: dict[int, list[int]] = {}
         for i, run in enumerate(frame["run_id"].tolist()):
             bounds.setdefault(int(run), [i, i])[1] = i + 1
+        builds = frame["build"].tolist()
         for p in pages:  # a page is written for a run the site data hold results of: it has rows here
             a, b = bounds[p.run_id]
-            self.run_page(p, frame.iloc[a:b], rows[a:b], exported.iloc[a:b])
+            exported = f"[{','.join(records[a:b])}]"
+            self.run_page(p, builds[a:b], Markup("".join(rows[a:b])), matrix(cells[a:b]), exported)
 
-    def run_page(self, page: RunPage, res: pd.DataFrame, rows: list[Markup], exported: pd.DataFrame) -> None:
+    def run_page(self, page: RunPage, builds: list[str], rows: Markup, load_matrix: Markup, exported: str) -> None:
         run_id = page.run_id
         run = self.runs_by_id.iloc[self.runs_by_id.index.get_loc(run_id)]
         machine = self.machine_series[run["machine_fingerprint"]]
         # a missing roofline (NaN) is written as null
-        self.out.write(f"data/run-{run_id}.json", exported.to_json(orient="records", date_format="iso"), page.key)
+        self.out.write(f"data/run-{run_id}.json", exported, page.key)
         self.render(
             f"run/{run_id}.html",
             "run.html.j2",
@@ -78,9 +86,9 @@ class RunPages(BuilderState):
             run=run,
             run_id=run_id,
             results=rows,
-            builds=self.builds_shown(frozenset(res["build"].tolist())),
+            builds=self.builds_shown(frozenset(builds)),
             machine=machine,
-            load_matrix=matrix(res),
+            load_matrix=load_matrix,
             predicted=run["source"] == PREDICTED_SOURCE,
             links=page.links,
             title=f"perfgate — run {run_id} ({run['machine']}, {run['started_at']})",
@@ -97,19 +105,15 @@ class RunPage:
     links: dict[str, str]
 
 
-def matrix(res: pd.DataFrame) -> Markup:
-    """Builds × models of a set of results (the newest result of a cell wins), as the run page's table.
-
-    Markup made here, every value through _h, as result_rows: the template's per-cell lookups cost 2 ms a page."""
-    # plain lists: iterating a pandas string column asks it for one element at a time
-    build_of, model_of = res["build"].tolist(), res["model"].tolist()
-    builds = list(dict.fromkeys(build_of))
-    models = list(dict.fromkeys(model_of))
-    cells = {}
+def matrix_cells(res: pd.DataFrame) -> list[tuple[str, str, str]]:
+    """Each result's (build, model, its cell of the load matrix), in the frame's order: statuses, reasons and
+    offloads repeat, so each distinct cell is made once (every value through _h, as result_rows)."""
+    made: dict[tuple[Any, Any, Any], str] = {}
     sources = res["source"].tolist() if "source" in res else [None] * len(res)
+    out = []
     for build, model, status, reason, done, total, source in zip(
-        build_of,
-        model_of,
+        res["build"].tolist(),
+        res["model"].tolist(),
         res["status"].tolist(),
         res["reason"].tolist(),
         res["layers_offloaded"].tolist(),
@@ -119,15 +123,31 @@ def matrix(res: pd.DataFrame) -> Markup:
     ):
         # `bench metal-check --record`: a status predicted from the build's tree and recipe, not loaded
         offload = "predicted" if source == PREDICTED_SOURCE else None if render.missing(total) else f"{done}/{total}"
-        st = _h(status)
-        cells[(build, model)] = (
-            f'<td class="cell st-{st}" title="{"" if render.missing(reason) else _h(reason)}" data-status="{st}">'
-            f'<span class="status">{st}</span>'
-            + (f'<span class="offload">{_h(offload)}</span>' if offload else "")
-            + "</td>"
-        )
+        # a missing reason is None or NaN: each NaN is its own key, so both are looked up as None
+        what = (status, None if render.missing(reason) else reason, offload)
+        cell = made.get(what)
+        if cell is None:
+            st = _h(status)
+            cell = made[what] = (
+                f'<td class="cell st-{st}" title="{"" if what[1] is None else _h(reason)}" data-status="{st}">'
+                f'<span class="status">{st}</span>'
+                + (f'<span class="offload">{_h(offload)}</span>' if offload else "")
+                + "</td>"
+            )
+        out.append((build, model, cell))
+    return out
+
+
+def matrix(cells: list[tuple[str, str, str]]) -> Markup:
+    """Builds × models of a set of results' cells (matrix_cells; the newest result of a cell wins), as the run
+    page's table.
+
+    Markup made here: the template's per-cell lookups cost 2 ms a page."""
+    builds = list(dict.fromkeys(b for b, _, _ in cells))
+    models = list(dict.fromkeys(m for _, m, _ in cells))
+    by = {(b, m): cell for b, m, cell in cells}
     head = "".join(f"<th>{_h(m)}</th>" for m in models)
-    body = "".join(f"<tr><th>{_h(b)}</th>{''.join(cells.get((b, m), _NO_CELL) for m in models)}</tr>\n" for b in builds)
+    body = "".join(f"<tr><th>{_h(b)}</th>{''.join(by.get((b, m), _NO_CELL) for m in models)}</tr>\n" for b in builds)
     return Markup(
         f'<div class="matrix-scroll"><table class="matrix">\n<thead><tr><th>build \\ model</th>{head}</tr></thead>\n'
         f"<tbody>\n{body}</tbody>\n</table></div>\n"
