@@ -658,6 +658,7 @@ def _mixed_settings(
     base: pd.DataFrame, cand: pd.DataFrame, baseline: Side, candidate: Side, settings_of: dict[int, dict[str, Any]]
 ) -> list[str]:
     """Per model measured on both sides: the settings that differ between the results standing for each side."""
+
     def chosen(frame: pd.DataFrame, ids: tuple[int, ...]) -> list[dict[str, Any]]:
         # what suite_settings reads, as plain records (a pandas lookup per model cost 8 ms a comparison)
         return frame.loc[frame["result_id"].isin(ids), ["model", "run_id", "n_prompt", "n_gen"]].to_dict("records")
