@@ -58,26 +58,21 @@ class RunPages(BuilderState):
             shown[c] = _h_each(shown[c])
         rows = [result_rows(_RunRow(*t)) for t in zip(*(shown[c] for c in _RUN_ROW), strict=True)]
         cells = matrix_cells(frame)
-        # the JSON of every row at once, one line each (a line end inside a value is escaped): each page's file is
-        # its runs' lines as one array, byte for byte what a to_json of its rows alone writes
-        lines = frame[[*RESULT_COLUMNS, "log", "tg_roofline_pct"]].to_json(
-            orient="records", date_format="iso", lines=True
-        )
-        records = lines.split("\n")
+        exported = frame[[*RESULT_COLUMNS, "log", "tg_roofline_pct"]]
         bounds: dict[int, list[int]] = {}
         for i, run in enumerate(frame["run_id"].tolist()):
             bounds.setdefault(int(run), [i, i])[1] = i + 1
         builds = frame["build"].tolist()
         for p in pages:  # a page is written for a run the site data hold results of: it has rows here
             a, b = bounds[p.run_id]
-            exported = f"[{','.join(records[a:b])}]"
-            self.run_page(p, builds[a:b], Markup("".join(rows[a:b])), matrix(cells[a:b]), exported)
+            # a missing roofline (NaN) is written as null
+            json = exported.iloc[a:b].to_json(orient="records", date_format="iso")
+            self.run_page(p, builds[a:b], Markup("".join(rows[a:b])), matrix(cells[a:b]), json)
 
     def run_page(self, page: RunPage, builds: list[str], rows: Markup, load_matrix: Markup, exported: str) -> None:
         run_id = page.run_id
         run = self.runs_by_id.iloc[self.runs_by_id.index.get_loc(run_id)]
         machine = self.machine_series[run["machine_fingerprint"]]
-        # a missing roofline (NaN) is written as null
         self.out.write(f"data/run-{run_id}.json", exported, page.key)
         self.render(
             f"run/{run_id}.html",
