@@ -66,8 +66,8 @@ class RunPages(BuilderState):
         for p in pages:  # a page is written for a run the site data hold results of: it has rows here
             a, b = bounds[p.run_id]
             # a missing roofline (NaN) is written as null
-            json = exported.iloc[a:b].to_json(orient="records", date_format="iso")
-            self.run_page(p, builds[a:b], Markup("".join(rows[a:b])), matrix(cells[a:b]), json)
+            text = exported.iloc[a:b].to_json(orient="records", date_format="iso")
+            self.run_page(p, builds[a:b], Markup("".join(rows[a:b])), matrix(cells[a:b]), text)
 
     def run_page(self, page: RunPage, builds: list[str], rows: Markup, load_matrix: Markup, exported: str) -> None:
         run_id = page.run_id
