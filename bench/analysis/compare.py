@@ -219,7 +219,7 @@ def process_values(row: Any, metric: str) -> list[float]:
 
 def _one_row(row: Any) -> pd.DataFrame:
     found = dict(row)
-    return pd.DataFrame([{"result_id": 0, "run_id": 0, **{k: v for k, v in found.items() if k in _SideRows.READ}}])
+    return pd.DataFrame([{"result_id": 0, "run_id": 0, **{k: v for k, v in found.items() if k in ROW_COLUMNS}}])
 
 
 def paired_log_ratios(base: pd.DataFrame, cand: pd.DataFrame, metric: str) -> np.ndarray:
@@ -257,15 +257,18 @@ def _paired(base: tuple[np.ndarray, np.ndarray], cand: tuple[np.ndarray, np.ndar
     return [math.log(x) for x in ratios.tolist()]
 
 
+# what compare_frames and the settings check read of a result row (`rounds` is added by build_comparison): a
+# caller holding wide rows hands over these columns only
+ROW_COLUMNS = (
+    *("result_id", "run_id", "model", "status", "reason", "n_prompt", "n_gen", "rounds"),
+    *METRICS,
+    *(m.samples_column for m in METRICS.values() if m.samples_column),
+)
+
+
 class _SideRows:
     """One side's results as plain columns, oldest result first, and per metric the values compare_frames
     reads from them: a pool of 1,000 runs is 25,000 results a side, too many to walk one dict at a time."""
-
-    READ = (
-        *("result_id", "run_id", "model", "status", "reason", "n_prompt", "n_gen", "rounds"),
-        *METRICS,
-        *(m.samples_column for m in METRICS.values() if m.samples_column),
-    )
 
     def __init__(self, frame: pd.DataFrame) -> None:
         frame = frame.sort_values("result_id", kind="stable")

@@ -25,10 +25,10 @@ import pandas as pd
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from bench.analysis.compare import ROW_COLUMNS
 from bench.analysis.gate import Verdict
 from bench.config import DashboardConfig, GateConfig
 from bench.heap import frozen
-from bench.metrics import METRICS
 from bench.report.site import data as site_data
 from bench.report.site.common import STATIC, TEMPLATES, code_version, environment
 from bench.report.site.compare_page import ComparePages
@@ -126,11 +126,9 @@ class Builder(ComparePages, RunPages, HistoryPages):
         # or of the whole store when they are many (site_data.runs_to_read)
         frame = with_samples(self.session, mine, site_data.runs_to_read(run_ids))
         self.samples = frame.set_index("result_id", drop=False)
-        # compare_frames walks rows: hand it only the columns it reads (a wide row costs 20× more)
-        wanted = ["result_id", "run_id", "model", "status", "reason", "n_prompt", "n_gen", "rounds", *METRICS]
-        wanted += [m.samples_column for m in METRICS.values() if m.samples_column]
-        # as plain objects: compare_frames walks rows, and one object block is cheap to walk
-        self.narrow = self.samples[[c for c in wanted if c in self.samples.columns]].astype(object)
+        # a comparison reads a few columns of each row (compare.ROW_COLUMNS): copying a pair's whole rows cost more
+        # than comparing them
+        self.narrow = self.samples[[c for c in ROW_COLUMNS if c in self.samples.columns]]
 
 
 # --- the build, in parallel where pages are independent ---------------------------------------------------
