@@ -86,12 +86,18 @@ def test_reading_a_config_imports_neither_numpy_nor_gguf() -> None:
     assert out.strip() == "[]"
 
 
-def test_the_process_ends_with_mains_exit_code_and_all_its_output(tmp_path: Path) -> None:
-    """bench.cli.run ends the process without the interpreter's teardown: what was printed still arrives whole
-    through a pipe, and each way out keeps its code (0, a usage error's 2, a config error's 2 with one line)."""
+def _small_store(tmp_path: Path) -> str:
+    """A store of 2 nights × 2 builds × 3 models (benchmarks.dashboard_scale's fill, in a process of its own)."""
     db = f"sqlite:///{tmp_path / 's.sqlite'}"
     code = "from benchmarks.dashboard_scale import fill; import sys; fill(sys.argv[1], 2, 2, 3)"
     subprocess.run([sys.executable, "-c", code, db], cwd=REPO, check=True, timeout=120)
+    return db
+
+
+def test_the_process_ends_with_mains_exit_code_and_all_its_output(tmp_path: Path) -> None:
+    """bench.cli.run ends the process without the interpreter's teardown: what was printed still arrives whole
+    through a pipe, and each way out keeps its code (0, a usage error's 2, a config error's 2 with one line)."""
+    db = _small_store(tmp_path)
 
     def bench(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -120,9 +126,7 @@ def test_the_process_ends_with_mains_exit_code_and_all_its_output(tmp_path: Path
 
 def test_machine_readable_output_does_not_import_rich(tmp_path: Path) -> None:
     # rich draws the terminal's tables only (13 ms of every read command that imported it)
-    db = f"sqlite:///{tmp_path / 's.sqlite'}"
-    code = "from benchmarks.dashboard_scale import fill; import sys; fill(sys.argv[1], 2, 2, 3)"
-    subprocess.run([sys.executable, "-c", code, db], cwd=REPO, check=True, timeout=120)
+    db = _small_store(tmp_path)
     compare = ("compare", "--baseline", "build-0", "--candidate", "build-1")
     for args in (("results", "--format", "json"), (*compare, "--format", "json")):
         proc, modules = imported_by(*args, "--db", db)
