@@ -1,9 +1,10 @@
 """Benchmark (not a test): how often does `bench changes` report a change in a series that has none, and how
 often does it find a 5 % step within 3 runs of where it starts?
 
-Series are built from REAL sample pools, never from invented noise: each nightly run's figure is the mean
-of `--reps` repetitions, repetition j taken from the j-th sample of a real run picked at random (so a pool
-keeps its warm-up-slow first repetition and its run-to-run spread). The pools:
+Series are built from REAL sample pools, never from invented noise: each nightly run's point is made of
+`--reps` repetitions as `bench changes` makes it (bench.analysis.changes.run_point, the middle values' mean),
+repetition j taken from the j-th sample of a real run picked at random (so a pool keeps its warm-up-slow
+first repetition and its run-to-run spread). The pools:
 
 - gpu: the committed H100 ladder (benchmarks/results/gpu_ladder.json): per model (7B…70B) and test (pp,
   tg), the runs of the same sm_90 libllama (perfgate `good`, `fixed`, and llama-bench).
@@ -38,7 +39,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.analysis.changes import DetectorSettings, find_shifts
+from bench.analysis.changes import DetectorSettings, find_shifts, run_point
 from bench.metrics import tokens_per_s
 from bench.store.db import open_store
 from bench.store.queries import results_frame
@@ -59,7 +60,7 @@ class Pool:
     def figures(self, rng: np.random.Generator, n: int, reps: int) -> np.ndarray:
         """`n` nightly figures: repetition j of each comes from the j-th sample of a random real run."""
         picks = rng.integers(0, len(self.runs), size=(n, reps))
-        return self.runs[picks, np.arange(reps) % self.runs.shape[1]].mean(axis=1)
+        return run_point(self.runs[picks, np.arange(reps) % self.runs.shape[1]])
 
 
 def gpu_pools() -> list[Pool]:
@@ -84,7 +85,7 @@ def committed_cpu_pools() -> list[Pool]:
             runs = [np.array(tokens_per_s(doc[b][test], n_tokens)).reshape(-1, reps) for b in ("A", "B")]
             pools.append(Pool(f"CPU-{key} tiny-Q4_0 {test}", np.concatenate(runs)))
             # B relative to A in the same round, as `--reference` sees a line: one figure per round
-            ratios = runs[1].mean(axis=1) / runs[0].mean(axis=1)
+            ratios = run_point(runs[1]) / run_point(runs[0])
             pools.append(Pool(f"CPU-{key}-ref tiny-Q4_0 {test}", ratios.reshape(-1, 1)))
     return pools
 
@@ -117,7 +118,7 @@ def time_ordered_a_a(settings: DetectorSettings) -> None:
     for key, doc in json.loads(GATE_POOLS.read_text()).items():
         reps = int(doc["reps_per_round"])
         for test, n_tokens in (("pp", int(doc["n_prompt"])), ("tg", int(doc["n_gen"]))):
-            own = {b: np.array(tokens_per_s(doc[b][test], n_tokens)).reshape(-1, reps).mean(axis=1) for b in "AB"}
+            own = {b: run_point(np.array(tokens_per_s(doc[b][test], n_tokens)).reshape(-1, reps)) for b in "AB"}
             found = {b: len(find_shifts(own[b].tolist(), settings)) for b in "AB"}
             relative = len(find_shifts((own["B"] / own["A"]).tolist(), settings))
             print(

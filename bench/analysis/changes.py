@@ -6,7 +6,17 @@ one line per model; each night's point may be a different build (a new identity,
 the point: a shift lands between two builds of the line, and the commits between them are the suspects.
 Two builds measured in the same run (a gate's baseline and candidate) are two lines, never mixed.
 
-Shifts are found by PELT (`ruptures`) over the log of each run's figure, scaled by a robust estimate of
+A run's point in its line is the mean of the result's middle values (t/s per repetition, seconds per
+fresh-process load), the fastest and slowest fifth left out (at least one each, from three values on), not the
+stored mean of them all: one slow repetition, a shared machine's hiccup, moves a mean of five by a fifth of its
+slowness and the middle three not at all. On this 2-core VM, means of 5 repetitions made a 4.7 % step of an
+A/A line out of three slow repetitions early in one build and two late in its twin (PELT found it up to a
+penalty of 5.15 · ln n, above the 5.0 used); the middle means of the same results show it only below 1.5.
+Medians hold such a line flatter still, but on the resampled CPU pools of the calibration they report more
+false changes (1.55 % of A/A series against 0.75 %): the median of five processes from a two-mode pool jumps
+between the modes.
+
+Shifts are found by PELT (`ruptures`) over the log of each run's point, scaled by a robust estimate of
 the run-to-run noise (from successive differences, which a step hardly moves), so one penalty
 serves a GPU's 0.3 % noise and a busy CPU's 10 %. A shift is kept when both sides hold `min_size` runs and
 the medians differ by at least `min_shift_pct`. Only `ok` results carry a series; every change of load
@@ -32,6 +42,7 @@ import pandas as pd
 import ruptures
 from sqlalchemy.orm import Session
 
+from bench.analysis.compare import per_result
 from bench.errors import StoreError
 from bench.metrics import METRICS, Status
 from bench.store.changes import series_frame, store_changes
@@ -94,7 +105,7 @@ def find_status_changes(statuses: Sequence[str]) -> list[int]:
     return [i for i in range(1, len(statuses)) if statuses[i] != statuses[i - 1]]
 
 
-# one point of a build line: what `bench.store.changes.series_frame` returns per result
+# one point of a build line (run_points), of what `bench.store.changes.series_frame` returns per result
 POINT_COLUMNS = (
     "machine_fingerprint",
     "machine",
@@ -135,6 +146,23 @@ class DetectedChange:
     reference: str | None = None  # values are ratios to this build, measured in the same runs
 
 
+def run_point(repetitions: np.ndarray) -> np.ndarray:
+    """Rows of a run's values (a row per run, every row as long) → each run's point: the mean of its middle
+    values, the lowest and highest fifth of them left out, at least one each from three values on."""
+    n = repetitions.shape[1]
+    cut = max(1, n // 5) if n >= 3 else 0
+    return np.sort(repetitions, axis=1)[:, cut : n - cut].mean(axis=1)
+
+
+def run_points(frame: pd.DataFrame) -> pd.DataFrame:
+    """`bench.store.changes.series_frame`'s rows in POINT_COLUMNS, each metric's figure the run's point
+    (run_point over the result's values, bench.analysis.compare.per_result)."""
+    points = frame[list(POINT_COLUMNS)].copy()
+    for metric in METRICS:
+        points[metric] = per_result(frame, metric, run_point)
+    return points
+
+
 def detect(
     points: pd.DataFrame, settings: DetectorSettings = DetectorSettings(), *, reference: str | None = None
 ) -> list[DetectedChange]:
@@ -144,41 +172,41 @@ def detect(
     run (as Chromium's perf bots run a pinned reference build beside tip of tree): what the machine did
     that night cancels, what the build did stays. Runs where the reference did not load carry no figure."""
     found: list[DetectedChange] = []
-    references = _reference_figures(points, reference)
-    for (_, build, _), line in points.sort_values(["run_at", "run_id"], kind="stable").groupby(LINE_KEY, sort=True):
-        rows = line.to_dict("records")
-        for i in find_status_changes([r["status"] for r in rows]):
-            found.append(_change(rows[i - 1], rows[i], "status", None, reference))
+    ordered = points.sort_values(["run_at", "run_id"], kind="stable").reset_index(drop=True)
+    columns = {c: ordered[c].tolist() for c in POINT_COLUMNS}  # a change's two rows are read from these
+
+    def row(i: int) -> dict[str, Any]:
+        return {c: values[i] for c, values in columns.items()}
+
+    ok = ordered["status"].to_numpy() == Status.OK
+    figures = {m: _ratios(ordered, m, reference) for m in METRICS}
+    lines = ordered.groupby(LINE_KEY, sort=True).indices  # each line's rows, in run order
+    for (_, build, _), at in sorted(lines.items()):
+        for i in find_status_changes([columns["status"][k] for k in at]):
+            found.append(_change(row(at[i - 1]), row(at[i]), "status", None, reference))
         if build == reference:
             continue
-        ok = [r for r in rows if r["status"] == Status.OK]
-        for metric in METRICS:
-            usable, figures = [], []
-            for r in ok:
-                base = (
-                    1.0
-                    if reference is None
-                    else references.get((r["machine_fingerprint"], r["model"], r["run_id"], metric))
-                )
-                if base is not None and _positive(r[metric]):
-                    usable.append(r)
-                    figures.append(float(r[metric]) / base)
-            for s in find_shifts(figures, settings):
-                found.append(_change(usable[s.index - 1], usable[s.index], metric, s, reference))
+        for metric, values in figures.items():
+            usable = at[ok[at] & (values[at] > 0)]  # NaN (no figure, no reference figure) is not > 0
+            for s in find_shifts(values[usable].tolist(), settings):
+                found.append(_change(row(usable[s.index - 1]), row(usable[s.index]), metric, s, reference))
     return found
 
 
-def _reference_figures(points: pd.DataFrame, reference: str | None) -> dict[tuple[str, str, int, str], float]:
-    """(machine, model, run, metric) → the reference build's figure there, where it loaded."""
+def _ratios(points: pd.DataFrame, metric: str, reference: str | None) -> np.ndarray:
+    """Each row's figure of a metric, or its ratio to the `reference` build's figure in the same run (on the
+    same machine, of the same model), NaN where either is missing or the reference did not load."""
+    figure = pd.to_numeric(points[metric], errors="coerce").to_numpy(dtype=float, na_value=np.nan, copy=True)
+    figure[~(figure > 0)] = np.nan
     if reference is None:
-        return {}
-    ref = points[(points["build"] == reference) & (points["status"] == Status.OK)]
-    return {
-        (r["machine_fingerprint"], r["model"], int(r["run_id"]), metric): float(r[metric])
-        for r in ref.to_dict("records")
-        for metric in METRICS
-        if _positive(r[metric])
-    }
+        return figure
+    key = ["machine_fingerprint", "model", "run_id"]
+    ref = points.loc[(points["build"] == reference) & (points["status"] == Status.OK), [*key, metric]]
+    ref = ref.drop_duplicates(key, keep="last").rename(columns={metric: "base"})
+    base = pd.to_numeric(points[key].merge(ref, on=key, how="left")["base"], errors="coerce")
+    base = base.to_numpy(dtype=float, na_value=np.nan, copy=True)
+    base[~(base > 0)] = np.nan
+    return figure / base
 
 
 def refresh(
@@ -191,15 +219,11 @@ def refresh(
 ) -> int:
     """Detect the change points of every build line (of a machine, of a model) and store them; returns how
     many are new. Safe to repeat: the table then already holds exactly what is found."""
-    points = series_frame(session, machine=machine, model=model)
+    points = run_points(series_frame(session, machine=machine, model=model))
     if reference is not None and reference not in set(points["build"]):
         raise StoreError(f"--reference: no results of build {reference!r} in the store")
     lines = [tuple(key) for key in points[LINE_KEY].drop_duplicates().itertuples(index=False)]
     return store_changes(session, lines, detect(points, settings, reference=reference), reference)
-
-
-def _positive(value: Any) -> bool:
-    return value is not None and not pd.isna(value) and float(value) > 0
 
 
 def _change(

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
@@ -379,10 +379,7 @@ class _SideRows:
         counts = np.bincount(owner, minlength=len(rows))
         offsets = np.cumsum(counts) - counts
         rounds = self.rounds[rows]
-        one = np.full(len(rows), np.nan)
-        for k in np.unique(counts[(rounds <= 1) & (counts > 0)]):
-            chosen = np.flatnonzero((counts == k) & (rounds <= 1))
-            one[chosen] = np.median(values[offsets[chosen][:, None] + np.arange(k)], axis=1)
+        one = _by_row(values, counts, _medians, rounds <= 1)
         if not (rounds > 1).any():
             has = counts > 0
             return self.run_ids[rows][has], one[has], rows[has]
@@ -401,6 +398,40 @@ class _SideRows:
                     out.append(float(np.median(chunk)))
                     of.append(row)
         return np.array(runs, dtype=np.int64), np.array(out, dtype=float), np.array(of, dtype=np.int64)
+
+
+def _by_row(
+    values: np.ndarray,
+    counts: np.ndarray,
+    reduce: Callable[[np.ndarray], np.ndarray],
+    among: np.ndarray | None = None,
+) -> np.ndarray:
+    """Each row's values (`values` holds them row after row, `counts` of each) reduced to one figure, NaN for a
+    row without any or outside `among`: `reduce` takes all rows of one count at once, as a matrix, a row each."""
+    offsets = np.cumsum(counts) - counts
+    wanted = counts > 0 if among is None else (counts > 0) & among
+    out = np.full(len(counts), np.nan)
+    for k in np.unique(counts[wanted]):
+        chosen = np.flatnonzero((counts == k) & wanted)
+        out[chosen] = reduce(values[offsets[chosen][:, None] + np.arange(k)])
+    return out
+
+
+def _medians(rows: np.ndarray) -> np.ndarray:
+    return np.median(rows, axis=1)
+
+
+def per_result(frame: pd.DataFrame, metric: str, reduce: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Each row's values of a metric (metric_values: t/s per repetition, seconds per fresh-process load, or its
+    single figure) reduced to one figure by `reduce` (a matrix of rows of equal length → one value a row), in the
+    frame's row order, NaN where it has none. `frame` holds ROW_COLUMNS."""
+    side = _SideRows(frame)
+    values, owner = side.values(range(len(side)), metric)
+    keep = values > 0
+    reduced = _by_row(values[keep], np.bincount(owner[keep], minlength=len(side)), reduce)
+    placed = np.empty(len(frame))
+    placed[np.argsort(frame["result_id"].to_numpy(), kind="stable")] = reduced  # _SideRows orders by result id
+    return placed
 
 
 def _spans(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, aliased
 from bench.errors import StoreError
 from bench.metrics import METRICS, Status
 from bench.store.models import Build, ChangePoint, Machine, Model, Result, Run, utcnow
+from bench.store.queries import attach_samples, read_columns
 
 # what change_points_frame returns, one row per change point (the dashboard reads these columns)
 CHANGE_COLUMNS = [
@@ -65,23 +66,26 @@ def machine_fingerprints(session: Session, machine: str | None) -> list[str] | N
 
 
 def series_frame(session: Session, *, machine: str | None = None, model: str | None = None) -> pd.DataFrame:
-    """One row per stored result, in `bench.analysis.changes.POINT_COLUMNS`: the points of every build line.
+    """One row per stored result, in `bench.analysis.changes.POINT_COLUMNS`: the points of every build line,
+    each with what its point is made of (its samples and token counts, `bench.analysis.changes.run_points`).
 
     A point's time is when its run finished (when it started, for a run that never finished)."""
     run_at = func.coalesce(Run.finished_at, Run.started_at)
     stmt = (
         select(
-            Machine.fingerprint,
-            Machine.hostname,
-            Build.name,
-            Model.name,
+            Machine.fingerprint.label("machine_fingerprint"),
+            Machine.hostname.label("machine"),
+            Build.name.label("build"),
+            Model.name.label("model"),
             Result.run_id,
-            run_at,
-            Build.id,
-            Build.identity_sha,
-            Build.details,
+            run_at.label("run_at"),
+            Result.build_id,
+            Build.identity_sha.label("build_sha"),
             Result.status,
             *(getattr(Result, m) for m in METRICS),
+            Result.id.label("result_id"),
+            Result.n_prompt,
+            Result.n_gen,
         )
         .join(Build, Result.build_id == Build.id)
         .join(Model, Result.model_id == Model.id)
@@ -96,11 +100,14 @@ def series_frame(session: Session, *, machine: str | None = None, model: str | N
         if session.scalar(select(Model.id).where(Model.name == model).limit(1)) is None:
             raise StoreError(f"no model {model!r} in the store")
         stmt = stmt.where(Model.name == model)
-    rows = [tuple(r) for r in session.execute(stmt)]
-    columns = ["machine_fingerprint", "machine", "build", "model", "run_id", "run_at", "build_id", "build_sha"]
-    frame = pd.DataFrame(rows, columns=[*columns, "details", "status", *METRICS])
-    frame.insert(frame.columns.get_loc("details"), "commit", [build_commit(d) for d in frame["details"]])
-    return frame.drop(columns="details")
+    frame = pd.DataFrame(read_columns(session, stmt))
+    # a build's commit is read once per build, not once per result
+    commits = {i: build_commit(d) for i, d in session.execute(select(Build.id, Build.details))}
+    frame.insert(frame.columns.get_loc("status"), "commit", [commits[i] for i in frame["build_id"].tolist()])
+    if len(frame):
+        filtered = fingerprints is not None or model is not None
+        attach_samples(session, frame, sorted(set(frame["run_id"].tolist())) if filtered else None)
+    return frame
 
 
 def store_changes(

@@ -111,7 +111,7 @@ def results_frame(
     if only is not None:
         frame = _some_fields(session, run_ids, builds, only)
         if with_samples and len(frame):
-            _attach_samples(session, frame, run_ids, builds)
+            attach_samples(session, frame, run_ids, builds)
         return frame
     fields = _RESULT_FIELDS if with_memory else tuple(f for f in _RESULT_FIELDS if f != "memory")
     found = _read_results(session, fields, run_ids, builds)
@@ -122,7 +122,7 @@ def results_frame(
     for test in SAMPLE_TESTS:
         frame[f"samples_{test}_ns"] = [empty] * len(frame)
     if with_samples and len(frame):
-        _attach_samples(session, frame, run_ids, builds)
+        attach_samples(session, frame, run_ids, builds)
     frame = frame[RESULT_COLUMNS]
     # nullable integers: a missing figure must not turn the others into floats (33.0 layers)
     return frame.astype({c: "Int64" for c in INT_COLUMNS})
@@ -192,7 +192,7 @@ def with_samples(session: Session, frame: pd.DataFrame, run_ids: list[int] | Non
     reading the results again."""
     out = frame[RESULT_COLUMNS].copy()
     if len(out):
-        _attach_samples(session, out, run_ids)
+        attach_samples(session, out, run_ids)
         stmt = select(Result.id, Result.memory)
         if run_ids is not None:
             stmt = stmt.where(Result.run_id.in_(run_ids))
@@ -202,7 +202,7 @@ def with_samples(session: Session, frame: pd.DataFrame, run_ids: list[int] | Non
     return out
 
 
-def _attach_samples(
+def attach_samples(
     session: Session, frame: pd.DataFrame, run_ids: list[int] | None, builds: list[str] | None = None
 ) -> None:
     """Fill the samples_*_ns columns of `frame` (the results of `run_ids` and `builds`, or of the whole store)
