@@ -158,8 +158,8 @@ def run_points(frame: pd.DataFrame) -> pd.DataFrame:
     """`bench.store.changes.series_frame`'s rows in POINT_COLUMNS, each metric's figure the run's point
     (run_point over the result's values, bench.analysis.compare.per_result)."""
     points = frame[list(POINT_COLUMNS)].copy()
-    for metric in METRICS:
-        points[metric] = per_result(frame, metric, run_point)
+    for metric, figures in per_result(frame, METRICS, run_point).items():
+        points[metric] = figures
     return points
 
 

@@ -421,17 +421,21 @@ def _medians(rows: np.ndarray) -> np.ndarray:
     return np.median(rows, axis=1)
 
 
-def per_result(frame: pd.DataFrame, metric: str, reduce: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """Each row's values of a metric (metric_values: t/s per repetition, seconds per fresh-process load, or its
-    single figure) reduced to one figure by `reduce` (a matrix of rows of equal length → one value a row), in the
-    frame's row order, NaN where it has none. `frame` holds ROW_COLUMNS."""
+def per_result(
+    frame: pd.DataFrame, metrics: Iterable[str], reduce: Callable[[np.ndarray], np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Per metric, each row's values of it (metric_values: t/s per repetition, seconds per fresh-process load, or
+    its single figure) reduced to one figure by `reduce` (a matrix of rows of equal length → one value a row), in
+    the frame's row order, NaN where it has none. `frame` holds ROW_COLUMNS."""
     side = _SideRows(frame)
-    values, owner = side.values(range(len(side)), metric)
-    keep = values > 0
-    reduced = _by_row(values[keep], np.bincount(owner[keep], minlength=len(side)), reduce)
-    placed = np.empty(len(frame))
-    placed[np.argsort(frame["result_id"].to_numpy(), kind="stable")] = reduced  # _SideRows orders by result id
-    return placed
+    placed = np.argsort(frame["result_id"].to_numpy(), kind="stable")  # _SideRows orders rows by result id
+    out = {}
+    for metric in metrics:
+        values, owner = side.values(range(len(side)), metric)
+        keep = values > 0
+        out[metric] = np.empty(len(frame))
+        out[metric][placed] = _by_row(values[keep], np.bincount(owner[keep], minlength=len(side)), reduce)
+    return out
 
 
 def _spans(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
