@@ -12,9 +12,10 @@ stored mean of them all: one slow repetition, a shared machine's hiccup, moves a
 slowness and the middle three not at all. On this 2-core VM, means of 5 repetitions made a 4.7 % step of an
 A/A line out of three slow repetitions early in one build and two late in its twin (PELT found it up to a
 penalty of 5.15 · ln n, above the 5.0 used); the middle means of the same results show it only below 1.5.
-Medians hold such a line flatter still, but on the resampled CPU pools of the calibration they report more
-false changes (1.55 % of A/A series against 0.75 %): the median of five processes from a two-mode pool jumps
-between the modes.
+The median holds that history flatter still, but on the resampled CPU pools of the calibration it reports more
+false changes (1.55 % of A/A series against 0.75 %: the median of five processes from a two-mode pool jumps
+between the modes), and on ten 14-night A/A histories of tests/test_changes.py's fixture it let two false pp or
+tg changes through where the middle mean let one (the mean two).
 
 Shifts are found by PELT (`ruptures`) over the log of each run's point, scaled by a robust estimate of
 the run-to-run noise (from successive differences, which a step hardly moves), so one penalty
