@@ -180,7 +180,7 @@ def detect(
         return {c: values[i] for c, values in columns.items()}
 
     ok = ordered["status"].to_numpy() == Status.OK
-    figures = {m: _ratios(ordered, m, reference) for m in METRICS}
+    figures = _ratios(ordered, reference)
     lines = ordered.groupby(LINE_KEY, sort=True).indices  # each line's rows, in run order
     for (_, build, _), at in sorted(lines.items()):
         for i in find_status_changes([columns["status"][k] for k in at]):
@@ -194,20 +194,24 @@ def detect(
     return found
 
 
-def _ratios(points: pd.DataFrame, metric: str, reference: str | None) -> np.ndarray:
-    """Each row's figure of a metric, or its ratio to the `reference` build's figure in the same run (on the
+def _ratios(points: pd.DataFrame, reference: str | None) -> dict[str, np.ndarray]:
+    """Per metric, each row's figure, or its ratio to the `reference` build's figure in the same run (on the
     same machine, of the same model), NaN where either is missing or the reference did not load."""
-    figure = pd.to_numeric(points[metric], errors="coerce").to_numpy(dtype=float, na_value=np.nan, copy=True)
-    figure[~(figure > 0)] = np.nan
+
+    def positive(values: pd.Series) -> np.ndarray:
+        out = pd.to_numeric(values, errors="coerce").to_numpy(dtype=float, na_value=np.nan, copy=True)
+        out[~(out > 0)] = np.nan
+        return out
+
+    figures = {m: positive(points[m]) for m in METRICS}
     if reference is None:
-        return figure
+        return figures
     key = ["machine_fingerprint", "model", "run_id"]
-    ref = points.loc[(points["build"] == reference) & (points["status"] == Status.OK), [*key, metric]]
-    ref = ref.drop_duplicates(key, keep="last").rename(columns={metric: "base"})
-    base = pd.to_numeric(points[key].merge(ref, on=key, how="left")["base"], errors="coerce")
-    base = base.to_numpy(dtype=float, na_value=np.nan, copy=True)
-    base[~(base > 0)] = np.nan
-    return figure / base
+    ref = points.loc[(points["build"] == reference) & (points["status"] == Status.OK), [*key, *METRICS]]
+    ref = ref.drop_duplicates(key, keep="last")
+    # one lookup of the reference's run for every row, all metrics at once
+    base = points[key].merge(ref, on=key, how="left")
+    return {m: figures[m] / positive(base[m]) for m in METRICS}
 
 
 def refresh(
